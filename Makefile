@@ -1,0 +1,53 @@
+# Shopify <-> Business Central connector: top-level build.
+#
+#   make          build the nginx module and the worker
+#   make test     install what is missing, then run every suite
+#   make demo     install what is missing, bring the stack up, deliver the
+#                 fixture orders and show the BC sales orders they became
+#   make up/down  start/stop the local stack in the background
+
+BUILD      ?= build
+MODULE_SO  := $(BUILD)/nginx/ngx_http_shopify_module.so
+WORKER_BIN := worker/build/shopify-bc-worker
+
+MODULE_SRCS := $(wildcard ngx_shopify_module/*.c ngx_shopify_module/*.h) config
+
+.PHONY: all module worker deps test unit demo up down clean lint
+
+all: module worker
+
+deps:
+	@scripts/install-deps.sh
+
+module: $(MODULE_SO)
+
+$(MODULE_SO): $(MODULE_SRCS)
+	scripts/build-module.sh $(BUILD)/nginx
+
+worker:
+	$(MAKE) -C worker
+
+lint:
+	scripts/lint.sh
+
+unit: worker
+	$(MAKE) -C worker test
+
+test: deps
+	$(MAKE) all
+	scripts/test.sh
+
+demo: deps
+	$(MAKE) all
+	scripts/demo.sh
+
+up: deps
+	$(MAKE) all
+	scripts/stack.sh up
+
+down:
+	scripts/stack.sh down
+
+clean:
+	rm -rf $(BUILD) t/servroot
+	$(MAKE) -C worker clean

@@ -1,0 +1,92 @@
+
+/*
+ * Shopify webhook intake for nginx: shared declarations.
+ */
+
+
+#ifndef _NGX_HTTP_SHOPIFY_MODULE_H_INCLUDED_
+#define _NGX_HTTP_SHOPIFY_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+
+#define NGX_HTTP_SHOPIFY_MAX_SECRETS      8
+#define NGX_HTTP_SHOPIFY_NFIELDS          8
+
+/* EVALSHA sha nkeys stream seen ttl + field/value pairs */
+#define NGX_HTTP_SHOPIFY_NARGS            (6 + 2 * NGX_HTTP_SHOPIFY_NFIELDS)
+
+
+typedef struct {
+    ngx_str_t                  addr;        /* as written, for logs */
+    ngx_str_t                  host;        /* NUL-terminated IP */
+    ngx_str_t                  path;        /* NUL-terminated socket */
+    in_port_t                  port;
+    ngx_msec_t                 connect_timeout;
+    ngx_msec_t                 timeout;
+    ngx_flag_t                 configured;
+} ngx_http_shopify_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                 webhook;
+    ngx_array_t               *secrets;     /* of ngx_str_t */
+    ngx_str_t                  stream;
+    ngx_str_t                  seen_prefix; /* "<stream>:seen:" */
+    ngx_str_t                  ttl_text;    /* dedupe ttl, seconds */
+    time_t                     dedupe_ttl;
+    time_t                     retry_after;
+} ngx_http_shopify_loc_conf_t;
+
+
+typedef struct ngx_http_shopify_token_s  ngx_http_shopify_token_t;
+
+
+/* per request state of an intake delivery */
+typedef struct {
+    ngx_http_shopify_token_t  *token;       /* pending redis command */
+    ngx_event_t                timeout;     /* redis reply deadline */
+    ngx_uint_t                 nargs;
+    const char                *argv[NGX_HTTP_SHOPIFY_NARGS];
+    size_t                     argvlen[NGX_HTTP_SHOPIFY_NARGS];
+    ngx_str_t                  webhook_id;
+    ngx_str_t                  topic;
+    ngx_str_t                  shop;
+    ngx_uint_t                 eval_fallback;   /* unsigned:1 */
+} ngx_http_shopify_ctx_t;
+
+
+/* a redis command's link back to its request; outlives the request */
+struct ngx_http_shopify_token_s {
+    ngx_http_request_t        *request;     /* NULL once the request ended */
+};
+
+
+/* outcome of an enqueue, passed from the redis side to the module */
+typedef enum {
+    NGX_HTTP_SHOPIFY_ENQUEUED = 0,
+    NGX_HTTP_SHOPIFY_DUPLICATE,
+    NGX_HTTP_SHOPIFY_NOSCRIPT,
+    NGX_HTTP_SHOPIFY_UNAVAILABLE
+} ngx_http_shopify_outcome_e;
+
+
+extern ngx_module_t  ngx_http_shopify_module;
+
+
+ngx_int_t ngx_http_shopify_redis_init_process(ngx_cycle_t *cycle);
+void ngx_http_shopify_redis_exit_process(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_shopify_redis_send(ngx_http_request_t *r,
+    ngx_http_shopify_ctx_t *ctx);
+void ngx_http_shopify_redis_reset(ngx_log_t *log, const char *reason);
+const char *ngx_http_shopify_redis_state(void);
+ngx_int_t ngx_http_shopify_redis_script_init(ngx_conf_t *cf);
+
+void ngx_http_shopify_enqueue_done(ngx_http_request_t *r,
+    ngx_http_shopify_outcome_e outcome, ngx_str_t *detail);
+
+
+#endif /* _NGX_HTTP_SHOPIFY_MODULE_H_INCLUDED_ */

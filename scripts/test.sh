@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs every suite: the worker's unit tests, the module's Test::Nginx
+# suites and the end-to-end suites.  Starts what they need on private
+# loopback ports and stops it again: a Redis with the production
+# persistence settings and a throwaway PostgreSQL cluster (pg_virtualenv).
+# Closes with prove's summary.  Extra arguments go to prove (a file list).
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+export TEST_NGINX_BINARY=${TEST_NGINX_BINARY:-/usr/sbin/nginx}
+export TEST_NGINX_LOAD_MODULES="$top/build/nginx/ngx_http_shopify_module.so"
+export TEST_NGINX_REDIS_PORT=${TEST_NGINX_REDIS_PORT:-6391}
+export SHOPIFY_BC_TOP="$top"
+
+tmp=$(mktemp -d /tmp/shopify-bc-test.XXXXXX)
+chmod 755 "$tmp"
+export SHOPIFY_BC_TEST_TMP="$tmp"
+
+cleanup() {
+    if [ -f "$tmp/redis.pid" ]; then
+        kill "$(cat "$tmp/redis.pid")" 2>/dev/null || true
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+mkdir -p "$tmp/redis"
+redis-server --bind 127.0.0.1 --port "$TEST_NGINX_REDIS_PORT" \
+    --dir "$tmp/redis" --appendonly yes --appendfsync always --save '' \
+    --maxmemory-policy noeviction --daemonize yes \
+    --pidfile "$tmp/redis.pid" --logfile "$tmp/redis/redis.log"
+
+for _ in $(seq 50); do
+    redis-cli -p "$TEST_NGINX_REDIS_PORT" ping >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+if [ $# -eq 0 ]; then
+    set -- -r t
+fi
+
+# pg_virtualenv sets PGHOST/PGPORT/PGUSER/PGPASSWORD for a fresh cluster
+pg_virtualenv -- prove -I t/lib "$@"
