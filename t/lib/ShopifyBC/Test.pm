@@ -1,0 +1,340 @@
+package ShopifyBC::Test;
+
+# End-to-end harness: each test file gets its own sandbox, nginx, stream,
+# PostgreSQL database and worker, all on loopback, all stopped at exit.
+# Redis is the suite's shared instance (TEST_NGINX_REDIS_PORT, started by
+# scripts/test.sh); PostgreSQL comes from pg_virtualenv's PG* variables.
+
+use strict;
+use warnings;
+
+use Exporter 'import';
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use File::Path qw(make_path remove_tree);
+use File::Temp qw(tempdir);
+use HTTP::Tiny;
+use IO::Socket::INET;
+use JSON::PP;
+use Digest::SHA qw(hmac_sha256_base64);
+use POSIX qw(WNOHANG);
+use Time::HiRes qw(sleep time);
+
+our @EXPORT = qw(
+    top fixture fixture_headers expected sign json
+    free_port wait_until
+    redis redis_port
+    start_sandbox sandbox_call sandbox_orders sandbox_faults
+    start_nginx deliver
+    create_database psql
+    start_worker stop_worker worker_env
+);
+
+my $TOP = $ENV{SHOPIFY_BC_TOP} || abs_path(dirname(__FILE__) . '/../../..');
+my $JSON = JSON::PP->new->utf8->canonical;
+my $TMP = tempdir('shopify-bc-e2e.XXXXXX', TMPDIR => 1, CLEANUP => 1);
+chmod 0755, $TMP;
+
+my @CHILDREN;
+my %NGINX;
+my $OWNER = $$;     # forked helpers must not tear the stack down
+
+sub top { $TOP }
+sub json { $JSON }
+
+sub slurp {
+    my ($path) = @_;
+    open my $fh, '<:raw', $path or die "cannot open $path: $!";
+    local $/;
+    return scalar <$fh>;
+}
+
+sub fixture { slurp("$TOP/fixtures/shopify/$_[0]") }
+
+sub fixture_headers {
+    my $all = $JSON->decode(slurp("$TOP/fixtures/meta/webhook-headers.json"));
+    return $all->{headers}{$_[0]} || die "no headers for $_[0]";
+}
+
+sub expected {
+    my $all = $JSON->decode(slurp("$TOP/fixtures/expected/bc-sales-orders.json"));
+    return $all->{$_[0]} || die "no expected order for $_[0]";
+}
+
+sub sign {
+    my ($body, $secret) = @_;
+    my $mac = hmac_sha256_base64($body, $secret);
+    return $mac . '=' x ((4 - length($mac) % 4) % 4);
+}
+
+sub free_port {
+    my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+                                  LocalPort => 0, ReuseAddr => 1)
+        or die "no free port: $!";
+    my $port = $s->sockport;
+    close $s;
+    return $port;
+}
+
+sub wait_until {
+    my ($what, $timeout, $cond) = @_;
+    my $deadline = time + $timeout;
+    while (time < $deadline) {
+        my $v = $cond->();
+        return $v if $v;
+        sleep 0.1;
+    }
+    die "timed out after ${timeout}s waiting for $what\n";
+}
+
+sub wait_port {
+    my ($port, $what) = @_;
+    wait_until("$what on port $port", 15, sub {
+        IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 1);
+    });
+}
+
+sub spawn {
+    my ($log, @cmd) = @_;
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', $log or die "$log: $!";
+        open STDERR, '>&', \*STDOUT;
+        exec @cmd or die "exec $cmd[0]: $!";
+    }
+    push @CHILDREN, $pid;
+    return $pid;
+}
+
+# --- Redis ------------------------------------------------------------
+
+sub redis_port { $ENV{TEST_NGINX_REDIS_PORT} || 6379 }
+
+sub redis {
+    my @args = @_;
+    my $port = redis_port();
+    open my $fh, '-|', 'redis-cli', '-p', $port, '--raw', @args
+        or die "redis-cli: $!";
+    my $out = do { local $/; <$fh> } // '';
+    close $fh;
+    chomp $out;
+    return $out;
+}
+
+# --- sandbox ----------------------------------------------------------
+
+my %SANDBOX;
+
+sub start_sandbox {
+    my (%opt) = @_;
+    my $port = free_port();
+    my @args = ('--host', '127.0.0.1', '--port', $port,
+                '--tenant', 'e2e-tenant', '--client-id', 'e2e-client',
+                '--client-secret', 'e2e-secret');
+    push @args, map { ("--$_", $opt{$_}) } sort keys %opt;
+    spawn("$TMP/sandbox-$port.log", 'python3', "$TOP/sandbox/sandbox.py",
+          'serve', @args);
+    wait_port($port, 'sandbox');
+    %SANDBOX = (port => $port, url => "http://127.0.0.1:$port",
+                tenant => 'e2e-tenant', client_id => 'e2e-client',
+                client_secret => 'e2e-secret');
+    return \%SANDBOX;
+}
+
+sub sandbox_call {
+    my ($method, $path, $body) = @_;
+    my $res = HTTP::Tiny->new(timeout => 10)->request(
+        $method, "$SANDBOX{url}$path",
+        defined $body
+            ? { content => $JSON->encode($body),
+                headers => { 'Content-Type' => 'application/json' } }
+            : {});
+    die "sandbox $method $path: $res->{status} $res->{content}\n"
+        unless $res->{success};
+    return length $res->{content} ? $JSON->decode($res->{content}) : undef;
+}
+
+sub sandbox_orders {
+    my $r = sandbox_call('GET', '/_sandbox/orders');
+    return ref $r eq 'HASH' ? $r->{value} || $r->{orders} : $r;
+}
+
+sub sandbox_faults { sandbox_call('POST', '/_sandbox/faults', [@_]) }
+
+# --- nginx ------------------------------------------------------------
+
+sub start_nginx {
+    my (%opt) = @_;
+    my $port = free_port();
+    my $dir = "$TMP/nginx-$port";
+    make_path("$dir/conf", "$dir/logs", "$dir/tmp");
+    my $secret = $opt{secret} // 'e2e-webhook-secret';
+    my $stream = $opt{stream} // die 'stream needed';
+    my $timeout = $opt{redis_timeout} // '2s';
+    my $redis = $opt{redis_port} // redis_port();
+    my $user = $> == 0 ? 'user root;' : '';
+    my $so = "$TOP/build/nginx/ngx_http_shopify_module.so";
+    open my $fh, '>', "$dir/conf/nginx.conf" or die $!;
+    print $fh <<"CONF";
+load_module $so;
+$user
+worker_processes 2;
+daemon on;
+pid $dir/logs/nginx.pid;
+error_log $dir/logs/error.log info;
+events { worker_connections 256; }
+http {
+    access_log $dir/logs/access.log;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    shopify_redis 127.0.0.1:$redis;
+    shopify_redis_timeout $timeout;
+    server {
+        listen 127.0.0.1:$port;
+        client_body_buffer_size 512k;
+        client_max_body_size 4m;
+        location = /webhooks/shopify {
+            shopify_webhook;
+            shopify_webhook_secret $secret;
+            shopify_webhook_stream $stream;
+        }
+        location = /health { shopify_health; }
+    }
+}
+CONF
+    close $fh;
+    my $bin = $ENV{TEST_NGINX_BINARY} || 'nginx';
+    system($bin, '-p', "$dir/", '-c', 'conf/nginx.conf', '-e',
+           "$dir/logs/error.log") == 0
+        or die "nginx did not start; see $dir/logs/error.log\n";
+    wait_port($port, 'nginx');
+    $NGINX{$port} = $dir;
+    return { port => $port, dir => $dir, secret => $secret,
+             url => "http://127.0.0.1:$port/webhooks/shopify",
+             error_log => "$dir/logs/error.log" };
+}
+
+# one Shopify-style delivery; returns the HTTP status (599: no answer)
+sub deliver {
+    my ($nginx, $body, %h) = @_;
+    my %headers = (
+        'X-Shopify-Hmac-Sha256' => sign($body, $nginx->{secret}),
+        'X-Shopify-Topic' => 'orders/create',
+        'X-Shopify-Shop-Domain' => 'acme-demo.myshopify.com',
+        'X-Shopify-API-Version' => '2024-04',
+        'Content-Type' => 'application/json',
+        %h,
+    );
+    delete $headers{$_} for grep { !defined $headers{$_} } keys %headers;
+    my $res = HTTP::Tiny->new(timeout => 5)->request(
+        'POST', $nginx->{url}, { content => $body, headers => \%headers });
+    return $res->{status};
+}
+
+# --- PostgreSQL -------------------------------------------------------
+
+sub create_database {
+    my ($name) = @_;
+    system('dropdb', '--if-exists', $name) == 0 or die "dropdb $name";
+    system('createdb', $name) == 0 or die "createdb $name";
+    my $host = $ENV{PGHOST} || 'localhost';
+    my $port = $ENV{PGPORT} || 5432;
+    my $user = $ENV{PGUSER} || 'postgres';
+    my $pass = $ENV{PGPASSWORD} // '';
+    return "postgresql://$user:$pass\@$host:$port/$name";
+}
+
+# rows of a query as arrays of strings
+sub psql {
+    my ($db, $sql) = @_;
+    open my $fh, '-|', 'psql', '-X', '-q', '-A', '-t', '-F', "\t",
+        '-v', 'ON_ERROR_STOP=1', '-d', $db, '-c', $sql
+        or die "psql: $!";
+    my @rows = map { chomp; [split /\t/, $_, -1] } <$fh>;
+    close $fh or die "psql failed: $sql\n";
+    return @rows;
+}
+
+# --- worker -----------------------------------------------------------
+
+sub worker_env {
+    my (%opt) = @_;
+    return (
+        REDIS_URL => 'redis://127.0.0.1:' . redis_port() . '/0',
+        DATABASE_URL => $opt{database} // die('database needed'),
+        STREAM_KEY => $opt{stream} // die('stream needed'),
+        STREAM_GROUP => 'bc-sync',
+        WORKER_NAME => $opt{name} // 'e2e-worker',
+        BC365_TENANT_ID => $SANDBOX{tenant},
+        BC365_CLIENT_ID => $SANDBOX{client_id},
+        BC365_CLIENT_SECRET => $SANDBOX{client_secret},
+        BC365_ENVIRONMENT => 'production',
+        BC365_COMPANY_ID => $opt{company},
+        BC365_API_BASE => $SANDBOX{url},
+        BC365_AUTH_BASE => $SANDBOX{url},
+        BC365_DEFAULT_CUSTOMER => 'WEB',
+        BC365_SHIPPING_ACCOUNT => $opt{shipping_account},
+        SKU_MAP_JSON => '{}',
+        VARIANT_MAP_FILE => "$TOP/fixtures/meta/variant-map.json",
+        METRICS_ADDR => '127.0.0.1:' . ($opt{metrics_port} // free_port()),
+        LOG_LEVEL => 'debug',
+        %{ $opt{env} || {} },
+    );
+}
+
+sub start_worker {
+    my (%opt) = @_;
+    my %env = worker_env(%opt);
+    my $log = "$TMP/worker-" . ($opt{name} // 'e2e-worker') . '.log';
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        $ENV{$_} = $env{$_} for keys %env;
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', $log or die "$log: $!";
+        open STDERR, '>&', \*STDOUT;
+        exec "$TOP/worker/build/shopify-bc-worker", @{ $opt{args} || [] }
+            or die "exec worker: $!";
+    }
+    push @CHILDREN, $pid;
+    return { pid => $pid, log => $log };
+}
+
+sub stop_worker {
+    my ($w, $signal) = @_;
+    kill $signal // 'TERM', $w->{pid};
+    waitpid $w->{pid}, 0;
+    @CHILDREN = grep { $_ != $w->{pid} } @CHILDREN;
+    return $? ;
+}
+
+END {
+    return unless $$ == $OWNER;
+    my $status = $?;
+    for my $dir (values %NGINX) {
+        my $pidfile = "$dir/logs/nginx.pid";
+        next unless -f $pidfile;
+        my $pid = slurp($pidfile);
+        chomp $pid;
+        kill 'QUIT', $pid;
+        for (1 .. 50) { last unless kill 0, $pid; sleep 0.1 }
+        kill 'KILL', $pid if kill 0, $pid;
+    }
+    for my $pid (@CHILDREN) {
+        kill 'TERM', $pid;
+    }
+    for my $pid (@CHILDREN) {
+        for (1 .. 50) { last if waitpid($pid, WNOHANG); sleep 0.1 }
+        kill 'KILL', $pid;
+        waitpid $pid, 0;
+    }
+    if ($status && $ENV{SHOPIFY_BC_KEEP_LOGS}) {
+        system("cat $TMP/*.log >&2");
+    }
+    $? = $status;
+}
+
+1;
