@@ -233,10 +233,9 @@ up() {
     BC365_TENANT_ID=sandbox-tenant
     BC365_ENVIRONMENT=production
     BC365_CLIENT_ID=shopify-bc-demo
-    BC365_COMPANY_ID=${BC365_COMPANY_ID:-$(python3 "$top/sandbox/sandbox.py" \
-        company-id USD)}
-    BC365_SHIPPING_ACCOUNT=${BC365_SHIPPING_ACCOUNT:-$(python3 \
-        "$top/sandbox/sandbox.py" shipping-account)}
+    # the sandbox's CRONUS USA company and its freight income account
+    BC365_COMPANY_ID=${BC365_COMPANY_ID:-31b7c38b-2d4e-5437-beff-68c052310a74}
+    BC365_SHIPPING_ACCOUNT=${BC365_SHIPPING_ACCOUNT:-40400}
 
     write_env
     start_redis

@@ -289,7 +289,8 @@ location = /webhooks/shopify {
 --- error_log
 client intended to send too large body
 --- no_error_log
-[error]
+[alert]
+shopify webhook
 
 
 
@@ -311,7 +312,8 @@ $h =~ s/\n/\r\n/g;
 --- error_log
 client intended to send too large chunked body
 --- no_error_log
-[error]
+[alert]
+shopify webhook
 
 
 
