@@ -91,8 +91,21 @@ __DATA__
 [200, 200]
 --- response_body eval
 ["{\"status\":\"accepted\"}\n", "{\"status\":\"duplicate\"}\n"]
---- error_log
-duplicate delivery t010-
+--- no_error_log
+[error]
+
+
+
+=== TEST 2b: a later retry of that delivery is logged as a duplicate
+--- request eval
+"POST /webhooks/shopify\n" . $::BASIC
+--- more_headers eval
+::delivery($::BASIC, 2)
+--- error_code: 200
+--- response_body
+{"status":"duplicate"}
+--- error_log eval
+qr/duplicate delivery t010-\w+-2 of "orders\/create" from "acme-demo.myshopify.com", first enqueued as \d+-\d+/
 --- no_error_log
 [error]
 
@@ -126,8 +139,6 @@ it would be answered as a duplicate.
 [401, 200]
 --- response_body eval
 ["{\"error\":\"invalid signature\"}\n", "{\"status\":\"accepted\"}\n"]
---- error_log
-signature does not match any configured secret
 --- no_error_log
 [error]
 
@@ -185,6 +196,17 @@ repeated X-Shopify-Hmac-Sha256 header
 --- response_body eval
 ["{\"error\":\"missing or malformed delivery headers\"}\n",
  "{\"status\":\"accepted\"}\n"]
+--- no_error_log
+[error]
+
+
+
+=== TEST 8b: no topic header is logged
+--- request eval
+"POST /webhooks/shopify\n" . $::BASIC
+--- more_headers eval
+::delivery($::BASIC, '8b', 'X-Shopify-Topic' => undef)
+--- error_code: 400
 --- error_log
 no X-Shopify-Topic header
 --- no_error_log
@@ -476,6 +498,7 @@ sleep 2;
 
 === TEST 25: the script cache flushed under a live connection: EVAL fallback
 --- init
+select undef, undef, undef, 0.3;
 system("redis-cli -p $ENV{TEST_NGINX_REDIS_PORT} script flush >/dev/null");
 --- request eval
 "POST /webhooks/shopify\n" . $::BASIC
@@ -484,6 +507,9 @@ system("redis-cli -p $ENV{TEST_NGINX_REDIS_PORT} script flush >/dev/null");
 --- error_code: 200
 --- response_body
 {"status":"accepted"}
+--- error_log
+shopify redis command queued, EVALSHA,
+shopify redis command queued, EVAL,
 --- no_error_log
 [error]
 
