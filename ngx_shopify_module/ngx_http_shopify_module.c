@@ -62,15 +62,23 @@ static ngx_int_t ngx_http_shopify_verify(ngx_http_request_t *r,
 static ngx_int_t ngx_http_shopify_build_command(ngx_http_request_t *r,
     ngx_http_shopify_loc_conf_t *slcf, ngx_http_shopify_ctx_t *ctx,
     ngx_str_t *h, ngx_str_t *body);
+static ngx_uint_t ngx_http_shopify_topic_allowed(
+    ngx_http_shopify_loc_conf_t *slcf, ngx_http_shopify_ctx_t *ctx);
 static void ngx_http_shopify_timeout_handler(ngx_event_t *ev);
 static void ngx_http_shopify_ctx_cleanup(void *data);
-static void ngx_http_shopify_finish(ngx_http_request_t *r, ngx_uint_t status,
-    char *body);
+static void ngx_http_shopify_finish(ngx_http_request_t *r,
+    ngx_http_shopify_outcome_e outcome);
 static ngx_int_t ngx_http_shopify_respond(ngx_http_request_t *r,
-    ngx_uint_t status, char *body);
+    ngx_http_shopify_outcome_e outcome);
 static ngx_int_t ngx_http_shopify_send(ngx_http_request_t *r,
-    ngx_uint_t status, ngx_str_t *body);
+    ngx_uint_t status, ngx_str_t *type, ngx_str_t *body);
 static ngx_int_t ngx_http_shopify_health_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_shopify_status_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_shopify_log_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_shopify_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_shopify_add_variables(ngx_conf_t *cf);
+static uint64_t ngx_http_shopify_usec(void);
 
 static ngx_int_t ngx_http_shopify_valid_topic(ngx_str_t *v);
 static ngx_int_t ngx_http_shopify_valid_shop(ngx_str_t *v);
@@ -89,6 +97,12 @@ static char *ngx_http_shopify_secret(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_shopify_health(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_shopify_status(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_shopify_allow_topics(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_shopify_load_secret(ngx_conf_t *cf,
+    ngx_str_t *value, ngx_str_t *secret);
 static void ngx_http_shopify_secrets_cleanup(void *data);
 static ngx_int_t ngx_http_shopify_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_shopify_init_process(ngx_cycle_t *cycle);
@@ -117,6 +131,86 @@ static ngx_http_shopify_header_t  ngx_http_shopify_headers[] = {
 
     { ngx_string("event-id"), ngx_string("X-Shopify-Event-Id"),
       0, 128, ngx_http_shopify_valid_token }
+};
+
+
+/* the topics the product handles; each always goes to the stream */
+static ngx_str_t  ngx_http_shopify_topics[NGX_HTTP_SHOPIFY_NTOPICS] = {
+    ngx_string("unverified"),
+    ngx_string("orders/create"),
+    ngx_string("orders/updated"),
+    ngx_string("orders/cancelled"),
+    ngx_string("products/update"),
+    ngx_string("inventory_levels/update"),
+    ngx_string("app/uninstalled"),
+    ngx_string("customers/data_request"),
+    ngx_string("customers/redact"),
+    ngx_string("shop/redact"),
+    ngx_string("other")
+};
+
+
+typedef struct {
+    ngx_uint_t                 status;
+    ngx_str_t                  body;
+} ngx_http_shopify_answer_t;
+
+
+/* the answer for each outcome, by ngx_http_shopify_outcome_e */
+static ngx_http_shopify_answer_t  ngx_http_shopify_answers[] = {
+    { NGX_HTTP_OK, ngx_string("{\"status\":\"accepted\"}\n") },
+    { NGX_HTTP_OK, ngx_string("{\"status\":\"duplicate\"}\n") },
+    { NGX_HTTP_OK, ngx_string("{\"status\":\"ignored\"}\n") },
+    { NGX_HTTP_UNAUTHORIZED,
+      ngx_string("{\"error\":\"invalid signature\"}\n") },
+    { NGX_HTTP_BAD_REQUEST,
+      ngx_string("{\"error\":\"missing or malformed delivery headers\"}\n") },
+    { NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+      ngx_string("{\"error\":\"body too large\"}\n") },
+    { NGX_HTTP_NOT_ALLOWED,
+      ngx_string("{\"error\":\"method not allowed\"}\n") },
+    { NGX_HTTP_SERVICE_UNAVAILABLE,
+      ngx_string("{\"error\":\"queue unavailable\"}\n") }
+};
+
+
+static ngx_str_t  ngx_http_shopify_outcomes[] = {
+    ngx_string("accepted"),
+    ngx_string("duplicate"),
+    ngx_string("ignored"),
+    ngx_string("bad_signature"),
+    ngx_string("bad_request"),
+    ngx_string("too_large"),
+    ngx_string("not_allowed"),
+    ngx_string("unavailable")
+};
+
+
+#define NGX_HTTP_SHOPIFY_VAR_TOPIC       0
+#define NGX_HTTP_SHOPIFY_VAR_SHOP        1
+#define NGX_HTTP_SHOPIFY_VAR_WEBHOOK_ID  2
+#define NGX_HTTP_SHOPIFY_VAR_OUTCOME     3
+#define NGX_HTTP_SHOPIFY_VAR_ENTRY_ID    4
+
+
+static ngx_http_variable_t  ngx_http_shopify_vars[] = {
+
+    { ngx_string("shopify_topic"), NULL, ngx_http_shopify_variable,
+      NGX_HTTP_SHOPIFY_VAR_TOPIC, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("shopify_shop"), NULL, ngx_http_shopify_variable,
+      NGX_HTTP_SHOPIFY_VAR_SHOP, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("shopify_webhook_id"), NULL, ngx_http_shopify_variable,
+      NGX_HTTP_SHOPIFY_VAR_WEBHOOK_ID, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("shopify_outcome"), NULL, ngx_http_shopify_variable,
+      NGX_HTTP_SHOPIFY_VAR_OUTCOME, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("shopify_entry_id"), NULL, ngx_http_shopify_variable,
+      NGX_HTTP_SHOPIFY_VAR_ENTRY_ID, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
 };
 
 
@@ -178,9 +272,23 @@ static ngx_command_t  ngx_http_shopify_commands[] = {
       offsetof(ngx_http_shopify_loc_conf_t, retry_after),
       NULL },
 
+    { ngx_string("shopify_webhook_allow_topics"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_shopify_allow_topics,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("shopify_health"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_shopify_health,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("shopify_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_shopify_status,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -190,7 +298,7 @@ static ngx_command_t  ngx_http_shopify_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_shopify_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_shopify_add_variables,        /* preconfiguration */
     ngx_http_shopify_init,                 /* postconfiguration */
 
     ngx_http_shopify_create_main_conf,     /* create main configuration */
@@ -239,8 +347,7 @@ ngx_http_shopify_webhook_handler(ngx_http_request_t *r)
                       "shopify webhook: method \"%V\" not allowed",
                       &r->method_name);
 
-        return ngx_http_shopify_respond(r, NGX_HTTP_NOT_ALLOWED,
-                                  "{\"error\":\"method not allowed\"}\n");
+        return ngx_http_shopify_respond(r, NGX_HTTP_SHOPIFY_NOT_ALLOWED);
     }
 
     r->request_body_in_single_buf = 1;
@@ -278,6 +385,23 @@ ngx_http_shopify_body_handler(ngx_http_request_t *r)
 
     slcf = ngx_http_get_module_loc_conf(r, ngx_http_shopify_module);
     smcf = ngx_http_get_module_main_conf(r, ngx_http_shopify_module);
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_shopify_ctx_t));
+    if (ctx == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    cln->handler = ngx_http_shopify_ctx_cleanup;
+    cln->data = ctx;
+
+    ngx_http_set_ctx(r, ctx, ngx_http_shopify_module);
 
     ngx_memzero(h, sizeof(h));
     ngx_memzero(seen, sizeof(seen));
@@ -338,16 +462,19 @@ ngx_http_shopify_body_handler(ngx_http_request_t *r)
                       "shopify webhook: %s X-Shopify-Hmac-Sha256 header",
                       seen[NGX_HTTP_SHOPIFY_H_HMAC] ? "repeated" : "no");
 
-        ngx_http_shopify_finish(r, NGX_HTTP_UNAUTHORIZED,
-                                "{\"error\":\"invalid signature\"}\n");
+        ngx_http_shopify_finish(r, NGX_HTTP_SHOPIFY_BAD_SIGNATURE);
         return;
     }
 
-    if (ngx_http_shopify_verify(r, slcf, &h[NGX_HTTP_SHOPIFY_H_HMAC], &body)
-        != NGX_OK)
-    {
-        ngx_http_shopify_finish(r, NGX_HTTP_UNAUTHORIZED,
-                                "{\"error\":\"invalid signature\"}\n");
+    rc = ngx_http_shopify_verify(r, slcf, &h[NGX_HTTP_SHOPIFY_H_HMAC], &body);
+
+    if (rc == NGX_ERROR) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    if (rc != NGX_OK) {
+        ngx_http_shopify_finish(r, NGX_HTTP_SHOPIFY_BAD_SIGNATURE);
         return;
     }
 
@@ -368,38 +495,31 @@ ngx_http_shopify_body_handler(ngx_http_request_t *r)
                           : seen[k] > 1 ? "repeated" : "malformed",
                           &sh->display);
 
-            ngx_http_shopify_finish(r, NGX_HTTP_BAD_REQUEST,
-                                    "{\"error\":\"missing or malformed "
-                                    "delivery headers\"}\n");
+            ngx_http_shopify_finish(r, NGX_HTTP_SHOPIFY_BAD_REQUEST);
             return;
         }
     }
-
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_shopify_ctx_t));
-    if (ctx == NULL) {
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    cln->handler = ngx_http_shopify_ctx_cleanup;
-    cln->data = ctx;
-
-    ngx_http_set_ctx(r, ctx, ngx_http_shopify_module);
 
     ctx->topic = h[NGX_HTTP_SHOPIFY_H_TOPIC];
     ctx->shop = h[NGX_HTTP_SHOPIFY_H_SHOP];
     ctx->webhook_id = h[NGX_HTTP_SHOPIFY_H_WEBHOOK_ID];
 
+    if (!ngx_http_shopify_topic_allowed(slcf, ctx)) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "shopify webhook: topic \"%V\" from \"%V\" (id %V) "
+                      "is not handled, ignored", &ctx->topic, &ctx->shop,
+                      &ctx->webhook_id);
+
+        ngx_http_shopify_finish(r, NGX_HTTP_SHOPIFY_IGNORED);
+        return;
+    }
+
     if (ngx_http_shopify_build_command(r, slcf, ctx, h, &body) != NGX_OK) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
+
+    ctx->start = ngx_http_shopify_usec();
 
     rc = ngx_http_shopify_redis_send(r, ctx);
 
@@ -409,8 +529,7 @@ ngx_http_shopify_body_handler(ngx_http_request_t *r)
                       "not enqueued: redis %s", &ctx->topic, &ctx->shop,
                       &ctx->webhook_id, ngx_http_shopify_redis_state());
 
-        ngx_http_shopify_finish(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                "{\"error\":\"queue unavailable\"}\n");
+        ngx_http_shopify_finish(r, NGX_HTTP_SHOPIFY_UNAVAILABLE);
         return;
     }
 
@@ -422,6 +541,50 @@ ngx_http_shopify_body_handler(ngx_http_request_t *r)
     ctx->timeout.log = r->connection->log;
 
     ngx_add_timer(&ctx->timeout, smcf->timeout);
+}
+
+
+/*
+ * Finds the topic's index for the metrics and decides whether it goes to
+ * the stream: the product's topics always, others when allowed.
+ */
+
+static ngx_uint_t
+ngx_http_shopify_topic_allowed(ngx_http_shopify_loc_conf_t *slcf,
+    ngx_http_shopify_ctx_t *ctx)
+{
+    ngx_str_t   *allowed;
+    ngx_uint_t   i;
+
+    for (i = 1; i < NGX_HTTP_SHOPIFY_TOPIC_OTHER; i++) {
+        if (ctx->topic.len == ngx_http_shopify_topics[i].len
+            && ngx_strncmp(ctx->topic.data, ngx_http_shopify_topics[i].data,
+                           ctx->topic.len)
+               == 0)
+        {
+            ctx->topic_index = i;
+            return 1;
+        }
+    }
+
+    ctx->topic_index = NGX_HTTP_SHOPIFY_TOPIC_OTHER;
+
+    if (slcf->allow_topics == NGX_CONF_UNSET_PTR) {
+        return 0;
+    }
+
+    allowed = slcf->allow_topics->elts;
+
+    for (i = 0; i < slcf->allow_topics->nelts; i++) {
+        if (ctx->topic.len == allowed[i].len
+            && ngx_strncmp(ctx->topic.data, allowed[i].data, ctx->topic.len)
+               == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -590,90 +753,108 @@ ngx_http_shopify_verify(ngx_http_request_t *r,
 }
 
 
+/*
+ * The enqueue script's arguments: the stream, one dedupe key for the
+ * webhook id and, when the delivery names its event, one for the event
+ * within its shop and topic (one event reaches every subscription), the
+ * keys' ttl, then the entry's fields.
+ */
+
 static ngx_int_t
 ngx_http_shopify_build_command(ngx_http_request_t *r,
     ngx_http_shopify_loc_conf_t *slcf, ngx_http_shopify_ctx_t *ctx,
     ngx_str_t *h, ngx_str_t *body)
 {
-    u_char      *p, *received, *seen;
-    ngx_uint_t   n;
+    u_char      *p, *received;
+    ngx_str_t    key, value[NGX_HTTP_SHOPIFY_NFIELDS];
+    ngx_uint_t   i, n, nkeys;
     ngx_time_t  *tp;
 
-    static const char  *fields[] = {
-        "topic", "shop", "webhook_id", "api_version", "triggered_at",
-        "event_id", "received_at", "body"
+    static ngx_str_t  fields[NGX_HTTP_SHOPIFY_NFIELDS] = {
+        ngx_string("topic"), ngx_string("shop"), ngx_string("webhook_id"),
+        ngx_string("api_version"), ngx_string("triggered_at"),
+        ngx_string("event_id"), ngx_string("received_at"),
+        ngx_string("body")
     };
 
-    seen = ngx_pnalloc(r->pool, slcf->seen_prefix.len
-                                + ctx->webhook_id.len);
-    received = ngx_pnalloc(r->pool, NGX_INT64_LEN + 3);
-
-    if (seen == NULL || received == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_cpymem(seen, slcf->seen_prefix.data, slcf->seen_prefix.len);
-    p = ngx_cpymem(p, ctx->webhook_id.data, ctx->webhook_id.len);
-
-    tp = ngx_timeofday();
-    p = ngx_sprintf(received, "%T%03M", tp->sec, tp->msec);
+    static ngx_str_t  nkeys_text[] = { ngx_string("2"), ngx_string("3") };
 
     /* argv[0] and argv[1] (command, script) are set when sending */
 
-    ctx->argv[2] = "2";
-    ctx->argvlen[2] = 1;
-    ctx->argv[3] = (const char *) slcf->stream.data;
-    ctx->argvlen[3] = slcf->stream.len;
-    ctx->argv[4] = (const char *) seen;
-    ctx->argvlen[4] = slcf->seen_prefix.len + ctx->webhook_id.len;
-    ctx->argv[5] = (const char *) slcf->ttl_text.data;
-    ctx->argvlen[5] = slcf->ttl_text.len;
+    n = 3;
 
-    n = 6;
+    ctx->argv[n] = (const char *) slcf->stream.data;
+    ctx->argvlen[n++] = slcf->stream.len;
 
-    ctx->argv[n] = fields[0];
-    ctx->argvlen[n++] = ngx_strlen(fields[0]);
-    ctx->argv[n] = (const char *) h[NGX_HTTP_SHOPIFY_H_TOPIC].data;
-    ctx->argvlen[n++] = h[NGX_HTTP_SHOPIFY_H_TOPIC].len;
+    key.len = slcf->stream.len + sizeof(":seen:") - 1 + ctx->webhook_id.len;
+    key.data = ngx_pnalloc(r->pool, key.len);
+    if (key.data == NULL) {
+        return NGX_ERROR;
+    }
 
-    ctx->argv[n] = fields[1];
-    ctx->argvlen[n++] = ngx_strlen(fields[1]);
-    ctx->argv[n] = (const char *) h[NGX_HTTP_SHOPIFY_H_SHOP].data;
-    ctx->argvlen[n++] = h[NGX_HTTP_SHOPIFY_H_SHOP].len;
+    p = ngx_cpymem(key.data, slcf->stream.data, slcf->stream.len);
+    p = ngx_cpymem(p, ":seen:", sizeof(":seen:") - 1);
+    ngx_memcpy(p, ctx->webhook_id.data, ctx->webhook_id.len);
 
-    ctx->argv[n] = fields[2];
-    ctx->argvlen[n++] = ngx_strlen(fields[2]);
-    ctx->argv[n] = (const char *) h[NGX_HTTP_SHOPIFY_H_WEBHOOK_ID].data;
-    ctx->argvlen[n++] = h[NGX_HTTP_SHOPIFY_H_WEBHOOK_ID].len;
+    ctx->argv[n] = (const char *) key.data;
+    ctx->argvlen[n++] = key.len;
+    nkeys = 2;
 
-    ctx->argv[n] = fields[3];
-    ctx->argvlen[n++] = ngx_strlen(fields[3]);
-    ctx->argv[n] = (const char *) h[NGX_HTTP_SHOPIFY_H_API_VERSION].data;
-    ctx->argvlen[n++] = h[NGX_HTTP_SHOPIFY_H_API_VERSION].len;
+    if (h[NGX_HTTP_SHOPIFY_H_EVENT_ID].len) {
+        key.len = slcf->stream.len + sizeof(":seen-event:") - 1
+                  + ctx->shop.len + 1 + ctx->topic.len + 1
+                  + h[NGX_HTTP_SHOPIFY_H_EVENT_ID].len;
+        key.data = ngx_pnalloc(r->pool, key.len);
+        if (key.data == NULL) {
+            return NGX_ERROR;
+        }
 
-    ctx->argv[n] = fields[4];
-    ctx->argvlen[n++] = ngx_strlen(fields[4]);
-    ctx->argv[n] = h[NGX_HTTP_SHOPIFY_H_TRIGGERED_AT].len
-                   ? (const char *) h[NGX_HTTP_SHOPIFY_H_TRIGGERED_AT].data
-                   : "";
-    ctx->argvlen[n++] = h[NGX_HTTP_SHOPIFY_H_TRIGGERED_AT].len;
+        p = ngx_cpymem(key.data, slcf->stream.data, slcf->stream.len);
+        p = ngx_cpymem(p, ":seen-event:", sizeof(":seen-event:") - 1);
+        p = ngx_cpymem(p, ctx->shop.data, ctx->shop.len);
+        *p++ = ':';
+        p = ngx_cpymem(p, ctx->topic.data, ctx->topic.len);
+        *p++ = ':';
+        ngx_memcpy(p, h[NGX_HTTP_SHOPIFY_H_EVENT_ID].data,
+                   h[NGX_HTTP_SHOPIFY_H_EVENT_ID].len);
 
-    ctx->argv[n] = fields[5];
-    ctx->argvlen[n++] = ngx_strlen(fields[5]);
-    ctx->argv[n] = h[NGX_HTTP_SHOPIFY_H_EVENT_ID].len
-                   ? (const char *) h[NGX_HTTP_SHOPIFY_H_EVENT_ID].data
-                   : "";
-    ctx->argvlen[n++] = h[NGX_HTTP_SHOPIFY_H_EVENT_ID].len;
+        ctx->argv[n] = (const char *) key.data;
+        ctx->argvlen[n++] = key.len;
+        nkeys = 3;
+    }
 
-    ctx->argv[n] = fields[6];
-    ctx->argvlen[n++] = ngx_strlen(fields[6]);
-    ctx->argv[n] = (const char *) received;
-    ctx->argvlen[n++] = p - received;
+    ctx->argv[2] = (const char *) nkeys_text[nkeys - 2].data;
+    ctx->argvlen[2] = nkeys_text[nkeys - 2].len;
 
-    ctx->argv[n] = fields[7];
-    ctx->argvlen[n++] = ngx_strlen(fields[7]);
-    ctx->argv[n] = (const char *) body->data;
-    ctx->argvlen[n++] = body->len;
+    ctx->argv[n] = (const char *) slcf->ttl_text.data;
+    ctx->argvlen[n++] = slcf->ttl_text.len;
+
+    received = ngx_pnalloc(r->pool, NGX_TIME_T_LEN + 3);
+    if (received == NULL) {
+        return NGX_ERROR;
+    }
+
+    tp = ngx_timeofday();
+
+    value[0] = ctx->topic;
+    value[1] = ctx->shop;
+    value[2] = ctx->webhook_id;
+    value[3] = h[NGX_HTTP_SHOPIFY_H_API_VERSION];
+    value[4] = h[NGX_HTTP_SHOPIFY_H_TRIGGERED_AT];
+    value[5] = h[NGX_HTTP_SHOPIFY_H_EVENT_ID];
+    value[6].data = received;
+    value[6].len = ngx_sprintf(received, "%T%03M", tp->sec, tp->msec)
+                   - received;
+    value[7] = *body;
+
+    for (i = 0; i < NGX_HTTP_SHOPIFY_NFIELDS; i++) {
+        ctx->argv[n] = (const char *) fields[i].data;
+        ctx->argvlen[n++] = fields[i].len;
+
+        /* hiredis wants a pointer even for an empty value */
+        ctx->argv[n] = value[i].len ? (const char *) value[i].data : "";
+        ctx->argvlen[n++] = value[i].len;
+    }
 
     ctx->nargs = n;
 
@@ -685,7 +866,7 @@ ngx_http_shopify_build_command(ngx_http_request_t *r,
 
 void
 ngx_http_shopify_enqueue_done(ngx_http_request_t *r,
-    ngx_http_shopify_outcome_e outcome, ngx_str_t *detail)
+    ngx_http_shopify_reply_e reply, ngx_str_t *detail)
 {
     ngx_connection_t        *c;
     ngx_http_shopify_ctx_t  *ctx;
@@ -695,27 +876,35 @@ ngx_http_shopify_enqueue_done(ngx_http_request_t *r,
 
     ctx->token = NULL;
 
-    switch (outcome) {
+    switch (reply) {
 
-    case NGX_HTTP_SHOPIFY_ENQUEUED:
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
-                       "shopify webhook enqueued as %V", detail);
+    case NGX_HTTP_SHOPIFY_REPLY_ENQUEUED:
+    case NGX_HTTP_SHOPIFY_REPLY_DUPLICATE:
 
-        ngx_http_shopify_finish(r, NGX_HTTP_OK,
-                                "{\"status\":\"accepted\"}\n");
-        break;
+        ngx_http_shopify_metrics_latency(ngx_http_shopify_usec()
+                                         - ctx->start);
 
-    case NGX_HTTP_SHOPIFY_DUPLICATE:
+        /* the entry id, for $shopify_entry_id */
+        ctx->entry_id.data = ngx_pstrdup(r->pool, detail);
+        ctx->entry_id.len = ctx->entry_id.data ? detail->len : 0;
+
+        if (reply == NGX_HTTP_SHOPIFY_REPLY_ENQUEUED) {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                           "shopify webhook enqueued as %V", detail);
+
+            ngx_http_shopify_finish(r, NGX_HTTP_SHOPIFY_ACCEPTED);
+            break;
+        }
+
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
                       "shopify webhook: duplicate delivery %V of \"%V\" "
                       "from \"%V\", first enqueued as %V", &ctx->webhook_id,
                       &ctx->topic, &ctx->shop, detail);
 
-        ngx_http_shopify_finish(r, NGX_HTTP_OK,
-                                "{\"status\":\"duplicate\"}\n");
+        ngx_http_shopify_finish(r, NGX_HTTP_SHOPIFY_DUPLICATE);
         break;
 
-    case NGX_HTTP_SHOPIFY_NOSCRIPT:
+    case NGX_HTTP_SHOPIFY_REPLY_NOSCRIPT:
         if (!ctx->eval_fallback) {
             /* the script cache was flushed: send the script itself */
             ctx->eval_fallback = 1;
@@ -733,8 +922,7 @@ ngx_http_shopify_enqueue_done(ngx_http_request_t *r,
                       "not enqueued: %V", &ctx->topic, &ctx->shop,
                       &ctx->webhook_id, detail);
 
-        ngx_http_shopify_finish(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                "{\"error\":\"queue unavailable\"}\n");
+        ngx_http_shopify_finish(r, NGX_HTTP_SHOPIFY_UNAVAILABLE);
         break;
     }
 
@@ -766,8 +954,7 @@ ngx_http_shopify_timeout_handler(ngx_event_t *ev)
                   "enqueued: redis did not answer within %M ms",
                   &ctx->topic, &ctx->shop, &ctx->webhook_id, smcf->timeout);
 
-    ngx_http_shopify_finish(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                            "{\"error\":\"queue unavailable\"}\n");
+    ngx_http_shopify_finish(r, NGX_HTTP_SHOPIFY_UNAVAILABLE);
 
     ngx_http_run_posted_requests(c);
 
@@ -792,10 +979,11 @@ ngx_http_shopify_ctx_cleanup(void *data)
 }
 
 
-/* ends the request with a short JSON answer */
+/* ends the request with the outcome's short JSON answer */
 
 static void
-ngx_http_shopify_finish(ngx_http_request_t *r, ngx_uint_t status, char *body)
+ngx_http_shopify_finish(ngx_http_request_t *r,
+    ngx_http_shopify_outcome_e outcome)
 {
     ngx_http_shopify_ctx_t  *ctx;
 
@@ -805,19 +993,35 @@ ngx_http_shopify_finish(ngx_http_request_t *r, ngx_uint_t status, char *body)
         ngx_del_timer(&ctx->timeout);
     }
 
-    ngx_http_finalize_request(r, ngx_http_shopify_respond(r, status, body));
+    ngx_http_finalize_request(r, ngx_http_shopify_respond(r, outcome));
 }
 
 
 static ngx_int_t
-ngx_http_shopify_respond(ngx_http_request_t *r, ngx_uint_t status,
-    char *body)
+ngx_http_shopify_respond(ngx_http_request_t *r,
+    ngx_http_shopify_outcome_e outcome)
 {
-    ngx_str_t                     text;
     ngx_table_elt_t              *h;
+    ngx_http_shopify_ctx_t       *ctx;
+    ngx_http_shopify_answer_t    *answer;
     ngx_http_shopify_loc_conf_t  *slcf;
 
-    if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
+    static ngx_str_t  json = ngx_string("application/json");
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_shopify_module);
+
+    if (ctx) {
+        ctx->outcome = outcome;
+        ctx->counted = 1;
+    }
+
+    ngx_http_shopify_metrics_count(ctx ? ctx->topic_index
+                                       : NGX_HTTP_SHOPIFY_TOPIC_UNVERIFIED,
+                                   outcome);
+
+    answer = &ngx_http_shopify_answers[outcome];
+
+    if (answer->status == NGX_HTTP_SERVICE_UNAVAILABLE) {
         slcf = ngx_http_get_module_loc_conf(r, ngx_http_shopify_module);
 
         h = ngx_list_push(&r->headers_out.headers);
@@ -836,7 +1040,7 @@ ngx_http_shopify_respond(ngx_http_request_t *r, ngx_uint_t status,
         h->value.len = ngx_sprintf(h->value.data, "%T", slcf->retry_after)
                        - h->value.data;
 
-    } else if (status == NGX_HTTP_NOT_ALLOWED) {
+    } else if (answer->status == NGX_HTTP_NOT_ALLOWED) {
         h = ngx_list_push(&r->headers_out.headers);
         if (h == NULL) {
             return NGX_ERROR;
@@ -847,16 +1051,13 @@ ngx_http_shopify_respond(ngx_http_request_t *r, ngx_uint_t status,
         ngx_str_set(&h->value, "POST");
     }
 
-    text.data = (u_char *) body;
-    text.len = ngx_strlen(body);
-
-    return ngx_http_shopify_send(r, status, &text);
+    return ngx_http_shopify_send(r, answer->status, &json, &answer->body);
 }
 
 
 static ngx_int_t
 ngx_http_shopify_send(ngx_http_request_t *r, ngx_uint_t status,
-    ngx_str_t *body)
+    ngx_str_t *type, ngx_str_t *body)
 {
     ngx_int_t     rc;
     ngx_buf_t    *b;
@@ -865,8 +1066,8 @@ ngx_http_shopify_send(ngx_http_request_t *r, ngx_uint_t status,
     r->headers_out.status = status;
     r->headers_out.content_length_n = body->len;
 
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type = *type;
+    r->headers_out.content_type_len = type->len;
     r->headers_out.content_type_lowcase = NULL;
 
     rc = ngx_http_send_header(r);
@@ -901,6 +1102,8 @@ ngx_http_shopify_health_handler(ngx_http_request_t *r)
     ngx_str_t                      body;
     ngx_http_shopify_main_conf_t  *smcf;
 
+    static ngx_str_t  json = ngx_string("application/json");
+
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
     }
@@ -924,7 +1127,147 @@ ngx_http_shopify_health_handler(ngx_http_request_t *r)
                            ? ngx_http_shopify_redis_state() : "unused")
                - p;
 
-    return ngx_http_shopify_send(r, NGX_HTTP_OK, &body);
+    return ngx_http_shopify_send(r, NGX_HTTP_OK, &json, &body);
+}
+
+
+static ngx_int_t
+ngx_http_shopify_status_handler(ngx_http_request_t *r)
+{
+    ngx_int_t  rc;
+    ngx_str_t  body;
+
+    static ngx_str_t  type = ngx_string("text/plain; version=0.0.4");
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    rc = ngx_http_shopify_metrics_render(r, &body);
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_shopify_send(r, NGX_HTTP_OK, &type, &body);
+}
+
+
+/*
+ * Deliveries that nginx itself refuses for their size never reach the
+ * content handler: count them when the request is logged.
+ */
+
+static ngx_int_t
+ngx_http_shopify_log_handler(ngx_http_request_t *r)
+{
+    ngx_http_shopify_ctx_t       *ctx;
+    ngx_http_shopify_loc_conf_t  *slcf;
+
+    if (r->headers_out.status != NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
+        return NGX_OK;
+    }
+
+    slcf = ngx_http_get_module_loc_conf(r, ngx_http_shopify_module);
+
+    if (!slcf->webhook) {
+        return NGX_OK;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_shopify_module);
+
+    if (ctx && ctx->counted) {
+        return NGX_OK;
+    }
+
+    ngx_http_shopify_metrics_count(NGX_HTTP_SHOPIFY_TOPIC_UNVERIFIED,
+                                   NGX_HTTP_SHOPIFY_TOO_LARGE);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_shopify_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t               *value;
+    ngx_http_shopify_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_shopify_module);
+
+    if (ctx == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    switch (data) {
+
+    case NGX_HTTP_SHOPIFY_VAR_TOPIC:
+        value = &ctx->topic;
+        break;
+
+    case NGX_HTTP_SHOPIFY_VAR_SHOP:
+        value = &ctx->shop;
+        break;
+
+    case NGX_HTTP_SHOPIFY_VAR_WEBHOOK_ID:
+        value = &ctx->webhook_id;
+        break;
+
+    case NGX_HTTP_SHOPIFY_VAR_OUTCOME:
+        value = ctx->counted ? &ngx_http_shopify_outcomes[ctx->outcome]
+                             : NULL;
+        break;
+
+    default: /* NGX_HTTP_SHOPIFY_VAR_ENTRY_ID */
+        value = &ctx->entry_id;
+        break;
+    }
+
+    if (value == NULL || value->len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = value->len;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+    v->data = value->data;
+
+    return NGX_OK;
+}
+
+
+ngx_str_t *
+ngx_http_shopify_topic_name(ngx_uint_t topic)
+{
+    return &ngx_http_shopify_topics[topic];
+}
+
+
+ngx_str_t *
+ngx_http_shopify_outcome_name(ngx_uint_t outcome)
+{
+    return &ngx_http_shopify_outcomes[outcome];
+}
+
+
+static uint64_t
+ngx_http_shopify_usec(void)
+{
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (uint64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 
@@ -1071,12 +1414,12 @@ ngx_http_shopify_create_loc_conf(ngx_conf_t *cf)
      * set by ngx_pcalloc():
      *
      *     slcf->stream = { 0, NULL };
-     *     slcf->seen_prefix = { 0, NULL };
      *     slcf->ttl_text = { 0, NULL };
      */
 
     slcf->webhook = NGX_CONF_UNSET;
     slcf->secrets = NGX_CONF_UNSET_PTR;
+    slcf->allow_topics = NGX_CONF_UNSET_PTR;
     slcf->dedupe_ttl = NGX_CONF_UNSET;
     slcf->retry_after = NGX_CONF_UNSET;
 
@@ -1090,11 +1433,12 @@ ngx_http_shopify_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_shopify_loc_conf_t *prev = parent;
     ngx_http_shopify_loc_conf_t *conf = child;
 
-    u_char                        *p;
     ngx_http_shopify_main_conf_t  *smcf;
 
     ngx_conf_merge_value(conf->webhook, prev->webhook, 0);
     ngx_conf_merge_ptr_value(conf->secrets, prev->secrets, NULL);
+    ngx_conf_merge_ptr_value(conf->allow_topics, prev->allow_topics,
+                             NGX_CONF_UNSET_PTR);
     ngx_conf_merge_str_value(conf->stream, prev->stream, "shopify:webhooks");
     ngx_conf_merge_sec_value(conf->dedupe_ttl, prev->dedupe_ttl, 86400);
     ngx_conf_merge_sec_value(conf->retry_after, prev->retry_after, 5);
@@ -1126,17 +1470,10 @@ ngx_http_shopify_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    conf->seen_prefix.len = conf->stream.len + sizeof(":seen:") - 1;
-    conf->seen_prefix.data = ngx_pnalloc(cf->pool, conf->seen_prefix.len);
     conf->ttl_text.data = ngx_pnalloc(cf->pool, NGX_TIME_T_LEN);
-
-    if (conf->seen_prefix.data == NULL || conf->ttl_text.data == NULL) {
+    if (conf->ttl_text.data == NULL) {
         return NGX_CONF_ERROR;
     }
-
-    p = ngx_cpymem(conf->seen_prefix.data, conf->stream.data,
-                   conf->stream.len);
-    ngx_memcpy(p, ":seen:", sizeof(":seen:") - 1);
 
     conf->ttl_text.len = ngx_sprintf(conf->ttl_text.data, "%T",
                                      conf->dedupe_ttl)
@@ -1251,6 +1588,10 @@ ngx_http_shopify_webhook(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     slcf->webhook = 1;
 
+    if (ngx_http_shopify_metrics_add(cf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_shopify_webhook_handler;
 
@@ -1263,15 +1604,15 @@ ngx_http_shopify_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_shopify_loc_conf_t *slcf = conf;
 
-    ngx_str_t                  *value;
+    ngx_str_t                  *value, key;
     OSSL_PARAM                  params[2];
     ngx_pool_cleanup_t         *cln;
     ngx_http_shopify_secret_t  *secret;
 
     value = cf->args->elts;
 
-    if (value[1].len == 0) {
-        return "must not be empty";
+    if (ngx_http_shopify_load_secret(cf, &value[1], &key) != NGX_OK) {
+        return NGX_CONF_ERROR;
     }
 
     if (slcf->secrets == NGX_CONF_UNSET_PTR) {
@@ -1318,13 +1659,127 @@ ngx_http_shopify_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                                                  (char *) "SHA256", 0);
     params[1] = OSSL_PARAM_construct_end();
 
-    if (EVP_MAC_init(secret->mac, value[1].data, value[1].len, params) != 1) {
+    if (EVP_MAC_init(secret->mac, key.data, key.len, params) != 1) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "cannot key HMAC-SHA256 with the secret");
         return NGX_CONF_ERROR;
     }
 
+    /* the key now lives only inside the HMAC state */
+    if (key.data != value[1].data) {
+        OPENSSL_cleanse(key.data, key.len);
+    }
+
     return NGX_CONF_OK;
+}
+
+
+/*
+ * A secret is given inline, as "file=/path" (the first line of the file)
+ * or as "env=NAME" (the variable in nginx's environment when the
+ * configuration is read).
+ */
+
+static ngx_int_t
+ngx_http_shopify_load_secret(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_str_t *secret)
+{
+    u_char      *p, *name;
+    size_t       len;
+    ssize_t      n;
+    ngx_str_t    path;
+    ngx_file_t   file;
+    u_char       buf[1024];
+
+    if (value->len > 4 && ngx_strncmp(value->data, "env=", 4) == 0) {
+        name = ngx_pnalloc(cf->temp_pool, value->len - 3);
+        if (name == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_cpystrn(name, value->data + 4, value->len - 3);
+
+        p = (u_char *) getenv((char *) name);
+
+        if (p == NULL || *p == '\0') {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "environment variable \"%s\" of "
+                               "\"shopify_webhook_secret\" is not set",
+                               name);
+            return NGX_ERROR;
+        }
+
+        secret->data = p;
+        secret->len = ngx_strlen(p);
+
+        return NGX_OK;
+    }
+
+    if (value->len > 5 && ngx_strncmp(value->data, "file=", 5) == 0) {
+        path.data = value->data + 5;
+        path.len = value->len - 5;
+
+        if (ngx_conf_full_name(cf->cycle, &path, 1) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        ngx_memzero(&file, sizeof(ngx_file_t));
+        file.name = path;
+        file.log = cf->log;
+
+        file.fd = ngx_open_file(path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+        if (file.fd == NGX_INVALID_FILE) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                               ngx_open_file_n " \"%s\" failed", path.data);
+            return NGX_ERROR;
+        }
+
+        n = ngx_read_file(&file, buf, sizeof(buf), 0);
+
+        if (ngx_close_file(file.fd) == NGX_FILE_ERROR) {
+            ngx_log_error(NGX_LOG_ALERT, cf->log, ngx_errno,
+                          ngx_close_file_n " \"%s\" failed", path.data);
+        }
+
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        for (len = 0; len < (size_t) n; len++) {
+            if (buf[len] == CR || buf[len] == LF) {
+                break;
+            }
+        }
+
+        if (len == 0 || len == sizeof(buf)) {
+            OPENSSL_cleanse(buf, sizeof(buf));
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "secret file \"%s\" is empty or its first "
+                               "line is too long", path.data);
+            return NGX_ERROR;
+        }
+
+        secret->data = ngx_pnalloc(cf->temp_pool, len);
+        if (secret->data == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(secret->data, buf, len);
+        secret->len = len;
+        OPENSSL_cleanse(buf, sizeof(buf));
+
+        return NGX_OK;
+    }
+
+    if (value->len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"shopify_webhook_secret\" must not be empty");
+        return NGX_ERROR;
+    }
+
+    *secret = *value;
+
+    return NGX_OK;
 }
 
 
@@ -1347,9 +1802,94 @@ ngx_http_shopify_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+static char *
+ngx_http_shopify_allow_topics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_shopify_loc_conf_t *slcf = conf;
+
+    ngx_str_t   *value, *topic;
+    ngx_uint_t   i;
+
+    if (slcf->allow_topics == NGX_CONF_UNSET_PTR) {
+        slcf->allow_topics = ngx_array_create(cf->pool, cf->args->nelts,
+                                              sizeof(ngx_str_t));
+        if (slcf->allow_topics == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_http_shopify_valid_topic(&value[i]) != NGX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid topic \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        topic = ngx_array_push(slcf->allow_topics);
+        if (topic == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *topic = value[i];
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_shopify_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (ngx_http_shopify_metrics_add(cf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_shopify_status_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_shopify_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_shopify_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_shopify_init(ngx_conf_t *cf)
 {
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_shopify_log_handler;
+
     return ngx_http_shopify_redis_script_init(cf);
 }
 

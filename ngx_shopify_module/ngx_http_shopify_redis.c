@@ -37,6 +37,7 @@ typedef struct {
     ngx_msec_t                     backoff;
     ngx_uint_t                     state;
     ngx_uint_t                     exiting;
+    ngx_uint_t                     connected_before;
     ngx_log_t                     *log;
     ngx_http_shopify_main_conf_t  *smcf;
 } ngx_http_shopify_redis_t;
@@ -170,6 +171,8 @@ ngx_http_shopify_redis_exit_process(ngx_cycle_t *cycle)
         redisAsyncFree(rs->ac);
         rs->ac = NULL;
     }
+
+    ngx_http_shopify_metrics_redis(0, 0);
 }
 
 
@@ -270,6 +273,8 @@ ngx_http_shopify_redis_reset(ngx_log_t *log, const char *reason)
     ac = rs->ac;
     rs->ac = NULL;
     rs->state = NGX_HTTP_SHOPIFY_REDIS_DOWN;
+
+    ngx_http_shopify_metrics_redis(0, 0);
 
     if (rs->connect_timer.timer_set) {
         ngx_del_timer(&rs->connect_timer);
@@ -447,6 +452,9 @@ ngx_http_shopify_redis_on_connect(const redisAsyncContext *ac, int status)
     ngx_log_error(NGX_LOG_NOTICE, rs->log, 0,
                   "shopify: connected to redis \"%V\"", &rs->smcf->addr);
 
+    ngx_http_shopify_metrics_redis(1, rs->connected_before);
+
+    rs->connected_before = 1;
     rs->backoff = 0;
 }
 
@@ -467,6 +475,8 @@ ngx_http_shopify_redis_on_disconnect(const redisAsyncContext *ac, int status)
 
         rs->ac = NULL;
         rs->state = NGX_HTTP_SHOPIFY_REDIS_DOWN;
+
+        ngx_http_shopify_metrics_redis(0, 0);
     }
 
     ngx_http_shopify_redis_schedule();
@@ -507,11 +517,11 @@ static void
 ngx_http_shopify_redis_reply(redisAsyncContext *ac, void *reply,
     void *privdata)
 {
-    ngx_str_t                    detail;
-    redisReply                  *rr;
-    ngx_http_request_t          *r;
-    ngx_http_shopify_token_t    *token;
-    ngx_http_shopify_outcome_e   outcome;
+    ngx_str_t                  detail;
+    redisReply                *rr;
+    ngx_http_request_t        *r;
+    ngx_http_shopify_token_t  *token;
+    ngx_http_shopify_reply_e   outcome;
 
     token = privdata;
     r = token->request;
@@ -527,12 +537,13 @@ ngx_http_shopify_redis_reply(redisAsyncContext *ac, void *reply,
     ngx_str_null(&detail);
 
     if (rr == NULL) {
-        outcome = NGX_HTTP_SHOPIFY_UNAVAILABLE;
+        outcome = NGX_HTTP_SHOPIFY_REPLY_FAILED;
         ngx_str_set(&detail, "connection lost");
 
     } else if (rr->type == REDIS_REPLY_ERROR) {
         outcome = (rr->len >= 8 && ngx_strncmp(rr->str, "NOSCRIPT", 8) == 0)
-                  ? NGX_HTTP_SHOPIFY_NOSCRIPT : NGX_HTTP_SHOPIFY_UNAVAILABLE;
+                  ? NGX_HTTP_SHOPIFY_REPLY_NOSCRIPT
+                  : NGX_HTTP_SHOPIFY_REPLY_FAILED;
         detail.data = (u_char *) rr->str;
         detail.len = rr->len;
 
@@ -541,13 +552,13 @@ ngx_http_shopify_redis_reply(redisAsyncContext *ac, void *reply,
                && rr->element[0]->type == REDIS_REPLY_INTEGER
                && rr->element[1]->type == REDIS_REPLY_STRING)
     {
-        outcome = rr->element[0]->integer ? NGX_HTTP_SHOPIFY_ENQUEUED
-                                          : NGX_HTTP_SHOPIFY_DUPLICATE;
+        outcome = rr->element[0]->integer ? NGX_HTTP_SHOPIFY_REPLY_ENQUEUED
+                                          : NGX_HTTP_SHOPIFY_REPLY_DUPLICATE;
         detail.data = (u_char *) rr->element[1]->str;
         detail.len = rr->element[1]->len;
 
     } else {
-        outcome = NGX_HTTP_SHOPIFY_UNAVAILABLE;
+        outcome = NGX_HTTP_SHOPIFY_REPLY_FAILED;
         ngx_str_set(&detail, "unexpected reply to the enqueue script");
     }
 
