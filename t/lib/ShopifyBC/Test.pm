@@ -155,10 +155,7 @@ sub sandbox_call {
     return length $res->{content} ? $JSON->decode($res->{content}) : undef;
 }
 
-sub sandbox_orders {
-    my $r = sandbox_call('GET', '/_sandbox/orders');
-    return ref $r eq 'HASH' ? $r->{value} || $r->{orders} : $r;
-}
+sub sandbox_orders { sandbox_call('GET', '/_sandbox/orders')->{value} }
 
 sub sandbox_faults { sandbox_call('POST', '/_sandbox/faults', [@_]) }
 
@@ -239,6 +236,7 @@ sub deliver {
 
 sub create_database {
     my ($name) = @_;
+    local $ENV{PGOPTIONS} = '-c client_min_messages=warning';
     system('dropdb', '--if-exists', $name) == 0 or die "dropdb $name";
     system('createdb', $name) == 0 or die "createdb $name";
     my $host = $ENV{PGHOST} || 'localhost';

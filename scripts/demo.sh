@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job: bring the stack up, deliver the realistic Shopify orders in
+# fixtures/ to nginx, and show the BC sales orders they became.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+
+"$top/scripts/stack.sh" up
+echo
+exec python3 "$top/scripts/demo.py"

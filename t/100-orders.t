@@ -1,0 +1,121 @@
+# End to end: signed Shopify orders/create deliveries enter nginx, the
+# worker turns each into exactly one BC sales order in the sandbox, with
+# the item and shipping lines and the amount of fixtures/expected.
+
+use strict;
+use warnings;
+use lib 't/lib';
+
+use Test::More;
+use ShopifyBC::Test;
+
+my $COMPANY = '31b7c38b-2d4e-5437-beff-68c052310a74';   # CRONUS USA, Inc.
+my $SHIPPING = '40400';                                  # freight income
+
+my $run = sprintf '%x%x', time, $$;
+my $stream = "t:100:$run";
+
+start_sandbox();
+my $db = create_database('e2e_orders');
+my $nginx = start_nginx(stream => $stream);
+my $worker = start_worker(database => $db, stream => $stream,
+                          company => $COMPANY, shipping_account => $SHIPPING);
+
+my %compare = map { $_ => 1 } qw(
+    orders-create-basic.json orders-create-discounts.json
+    orders-create-unicode.json orders-create-guest-pos.json
+    orders-create-large.json);
+my @fixtures = (sort(keys %compare), 'orders-create-long-name.json',
+                'orders-create-no-sku.json', 'orders-create-multicurrency.json');
+
+my %order_id;
+for my $name (@fixtures) {
+    my $body = fixture($name);
+    my $h = fixture_headers($name);
+    ($order_id{$name}) = $body =~ /^\{"id":(\d+),/;
+    my $status = deliver($nginx, $body,
+        map { $_ => $h->{$_} } grep { /^X-Shopify-(?!Hmac)/ } keys %$h);
+    is $status, 200, "$name delivered";
+}
+
+my $ids = join ',', values %order_id;
+my %ledger;
+wait_until('an outcome for every order', 90, sub {
+    %ledger = map { $_->[0] => $_ } psql($db,
+        "SELECT shopify_order_id, state, coalesce(bc_id, ''),"
+        . " coalesce(bc_number, ''), external_document_number,"
+        . " coalesce(error_code, ''), coalesce(error_message, ''), attempts"
+        . " FROM bc_order_ledger WHERE shopify_order_id IN ($ids)");
+    8 == grep { $_->[1] eq 'created' || $_->[1] eq 'failed' } values %ledger;
+});
+
+my @bc = @{ sandbox_orders() };
+my %by_ext;
+push @{ $by_ext{ $_->{order}{externalDocumentNumber} } }, $_ for @bc;
+
+sub money { sprintf '%.2f', $_[0] }
+
+for my $name (sort keys %compare, 'orders-create-long-name.json') {
+    my $row = $ledger{ $order_id{$name} };
+    is $row->[1], 'created', "$name: ledger says created";
+    my $ext = $row->[4];
+    ok length($ext) <= 35 && $ext eq uc($ext) && $ext !~ /^\s|\s$/,
+        "$name: externalDocumentNumber '$ext' is a valid Code[35]";
+    like $ext, qr/$order_id{$name}/, "$name: built from the order id";
+    my $copies = $by_ext{$ext} || [];
+    is scalar(@$copies), 1, "$name: exactly one BC order";
+    next unless @$copies == 1;
+    my $order = $copies->[0]{order};
+    is $order->{id}, $row->[2], "$name: ledger holds the BC id";
+    is $order->{number}, $row->[3], "$name: ledger holds the BC number";
+
+    next unless $compare{$name};
+    my $exp = expected($name);
+    my @want = map {
+        [ $_->{lineType}, $_->{role} eq 'shipping' ? $SHIPPING
+                                                   : $_->{lineObjectNumber},
+          $_->{quantity} + 0, money($_->{unitPrice}),
+          money($_->{discountAmount}) ]
+    } @{ $exp->{lines} };
+    my @got = map {
+        [ $_->{lineType}, $_->{lineObjectNumber}, $_->{quantity} + 0,
+          money($_->{unitPrice}), money($_->{discountAmount}) ]
+    } grep { $_->{lineType} ne 'Comment' } @{ $order->{salesOrderLines} };
+    is_deeply \@got, \@want,
+        "$name: item and shipping lines as expected (" . @want . ')';
+    is money($order->{totalAmountExcludingTax}), $exp->{amountExcludingTax},
+        "$name: amount excluding tax $exp->{amountExcludingTax}";
+    is $order->{currencyCode}, $exp->{currencyCode}, "$name: currency";
+}
+
+# shapes the first mapping does not handle: a readable error, no order
+{
+    my $row = $ledger{ $order_id{'orders-create-no-sku.json'} };
+    is $row->[1], 'failed', 'no-sku order: recorded as failed';
+    like $row->[6], qr/line/i, "no-sku order: the reason names lines: $row->[6]";
+    my $n = grep { $_->{order}{externalDocumentNumber} eq $row->[4] } @bc;
+    is $n, 0, 'no-sku order: no partial order in BC';
+}
+{
+    my $row = $ledger{ $order_id{'orders-create-multicurrency.json'} };
+    my $n = grep { $_->{order}{externalDocumentNumber} eq $row->[4] } @bc;
+    if ($row->[1] eq 'created') {
+        is $n, 1, 'multicurrency order: created once';
+    } else {
+        ok length $row->[6], "multicurrency order: recorded error: $row->[6]";
+        is $n, 0, 'multicurrency order: no partial order in BC';
+    }
+}
+
+is scalar(@bc), scalar(grep { $_->[1] eq 'created' } values %ledger),
+    'BC holds no order the ledger does not know';
+
+# the first POST of a never-tried order needs no look-up first
+my @lookups = grep { $_->{method} eq 'GET' && $_->{path} =~ /sales/ }
+              @{ sandbox_call('GET', '/_sandbox/requests')->{value} };
+is scalar(@lookups), 0, 'no BC look-ups on the happy path';
+
+is redis('XPENDING', $stream, 'bc-sync') =~ /^0/ ? 0 : 1, 0,
+    'every stream entry acknowledged';
+
+done_testing();

@@ -1,0 +1,738 @@
+/*
+ * Shopify order -> BC salesOrder mapping (see order_map.h).
+ *
+ * Every line is mapped in shop money: the plain "price" strings and the
+ * "amount" of each discount allocation are in the shop's currency, which
+ * is also the order's "currency" and the BC document currency.
+ */
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "money.h"
+#include "order_map.h"
+
+
+/* room in the refusal message for one line title */
+#define SBW_MAP_TITLE_IN_ERR  40
+
+
+typedef struct {
+    char    *data;
+    size_t   len;
+    size_t   cap;
+    int      failed;
+} sbw_buf_t;
+
+
+static void sbw_err_append(char *err, size_t errlen, const char *fmt, ...);
+static int sbw_sum_allocations(const json_t *li, int64_t *sum);
+static const char *sbw_map_lookup(const json_t *map, const char *key);
+static int sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
+    sbw_bc_line_t *line, char *why, size_t whylen);
+static int sbw_map_shipping(const sbw_map_conf_t *mc, const json_t *sl,
+    sbw_bc_line_t *line, char *why, size_t whylen);
+static int sbw_add_line(sbw_bc_order_t *o, size_t *cap,
+    const sbw_bc_line_t *line);
+static void sbw_buf_add(sbw_buf_t *b, const char *s, size_t n);
+static void sbw_buf_str(sbw_buf_t *b, const char *s);
+static void sbw_buf_json_string(sbw_buf_t *b, const char *s);
+static void sbw_buf_money(sbw_buf_t *b, int64_t cents);
+
+
+/*
+ * Append a formatted piece to a NUL-terminated message buffer, silently
+ * stopping at its end.
+ */
+static void
+sbw_err_append(char *err, size_t errlen, const char *fmt, ...)
+{
+    size_t   used;
+    va_list  ap;
+
+    if (err == NULL || errlen == 0) {
+        return;
+    }
+
+    used = strlen(err);
+    if (used + 1 >= errlen) {
+        return;
+    }
+
+    va_start(ap, fmt);
+    vsnprintf(err + used, errlen - used, fmt, ap);
+    va_end(ap);
+}
+
+
+/*
+ * The order's Shopify id, a positive JSON integer (13 digits today, so
+ * well beyond 32 bits).  Returns 0 on success, -1 when absent or unusable.
+ */
+int
+sbw_order_id(const json_t *order, int64_t *id)
+{
+    const json_t  *v;
+
+    v = json_object_get(order, "id");
+
+    if (!json_is_integer(v) || json_integer_value(v) <= 0) {
+        return -1;
+    }
+
+    *id = (int64_t) json_integer_value(v);
+    return 0;
+}
+
+
+/*
+ * The externalDocumentNumber of an order: "SHOPIFY-" and the decimal
+ * Shopify order id, normalised the way BC stores a Code[35].  The order
+ * id, unlike the order name, is unique per shop, never renamed and at
+ * most 19 digits, so the result is always 27 characters or less and is
+ * the same on every retry.
+ */
+void
+sbw_external_doc_number(int64_t order_id, char *out, size_t len)
+{
+    char  raw[64];
+
+    snprintf(raw, sizeof(raw), SBW_EXTDOC_PREFIX "%lld",
+             (long long) order_id);
+
+    sbw_code_normalize(raw, out, len, SBW_BC_CODE35_LEN);
+}
+
+
+/*
+ * Sum of the "amount" of every discount allocation of a line item or
+ * shipping line (order-level codes included, as Shopify allocates them
+ * to the lines).  Returns 0, or -1 if an amount is malformed.
+ */
+static int
+sbw_sum_allocations(const json_t *li, int64_t *sum)
+{
+    size_t         i;
+    int64_t        cents;
+    const json_t  *allocs, *a;
+
+    *sum = 0;
+
+    allocs = json_object_get(li, "discount_allocations");
+    if (allocs == NULL || json_is_null(allocs)) {
+        return 0;
+    }
+
+    if (!json_is_array(allocs)) {
+        return -1;
+    }
+
+    json_array_foreach(allocs, i, a) {
+        if (sbw_money_from_json(json_object_get(a, "amount"), &cents) != 0) {
+            return -1;
+        }
+
+        *sum += cents;
+    }
+
+    return 0;
+}
+
+
+/*
+ * The string stored under key in a JSON object map, or NULL.
+ */
+static const char *
+sbw_map_lookup(const json_t *map, const char *key)
+{
+    const json_t  *v;
+
+    if (map == NULL) {
+        return NULL;
+    }
+
+    v = json_object_get(map, key);
+
+    if (!json_is_string(v) || json_string_length(v) == 0) {
+        return NULL;
+    }
+
+    return json_string_value(v);
+}
+
+
+/*
+ * Map one Shopify line item to an Item line.  The BC item number comes
+ * from the SKU (through the SKU map when it lists the SKU, otherwise the
+ * SKU itself); a line without SKU is looked up by variant id in the
+ * variant map.  Gift cards, tips and custom lines (no variant, no SKU)
+ * have no BC item and are refused with the reason in why, so that the
+ * caller can reject the whole order rather than book part of it.
+ */
+static int
+sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
+    sbw_bc_line_t *line, char *why, size_t whylen)
+{
+    char           key[32];
+    int64_t        price, discount;
+    const char    *sku, *title, *number;
+    const json_t  *v, *variant;
+
+    memset(line, 0, sizeof(*line));
+
+    v = json_object_get(li, "title");
+    title = json_is_string(v) ? json_string_value(v) : "";
+
+    v = json_object_get(li, "sku");
+    sku = json_is_string(v) ? json_string_value(v) : "";
+
+    variant = json_object_get(li, "variant_id");
+
+    if (json_is_true(json_object_get(li, "gift_card"))) {
+        snprintf(why, whylen, "gift card");
+        return SBW_MAP_UNSUPPORTED;
+    }
+
+    number = NULL;
+
+    if (sku[0] != '\0') {
+        number = sbw_map_lookup(mc->sku_map, sku);
+
+        if (number == NULL) {
+            number = sku;
+        }
+
+    } else if (json_is_integer(variant)) {
+        snprintf(key, sizeof(key), "%" JSON_INTEGER_FORMAT,
+                 json_integer_value(variant));
+
+        number = sbw_map_lookup(mc->variant_map, key);
+
+        if (number == NULL) {
+            snprintf(why, whylen, "no SKU and variant %s is not in the "
+                     "variant map", key);
+            return SBW_MAP_UNSUPPORTED;
+        }
+
+    } else if (strcmp(title, "Tip") == 0) {
+        snprintf(why, whylen, "tip");
+        return SBW_MAP_UNSUPPORTED;
+
+    } else {
+        snprintf(why, whylen, "custom line without variant or SKU");
+        return SBW_MAP_UNSUPPORTED;
+    }
+
+    v = json_object_get(li, "quantity");
+
+    if (!json_is_integer(v) || json_integer_value(v) <= 0) {
+        snprintf(why, whylen, "quantity is not a positive integer");
+        return SBW_MAP_INVALID;
+    }
+
+    line->quantity = (int64_t) json_integer_value(v);
+
+    if (sbw_money_from_json(json_object_get(li, "price"), &price) != 0) {
+        snprintf(why, whylen, "price is not a decimal amount");
+        return SBW_MAP_INVALID;
+    }
+
+    if (sbw_sum_allocations(li, &discount) != 0) {
+        snprintf(why, whylen, "discount allocation is not a decimal amount");
+        return SBW_MAP_INVALID;
+    }
+
+    v = json_object_get(li, "id");
+
+    line->type = SBW_LINE_ITEM;
+    line->role = "item";
+    line->shopify_id = json_is_integer(v) ? json_integer_value(v) : 0;
+    line->unit_price = price;
+    line->discount = discount;
+    line->number = strdup(number);
+    line->description = sbw_utf8_truncate(title, SBW_BC_DESCRIPTION_LEN);
+
+    if (line->number == NULL || line->description == NULL) {
+        free(line->number);
+        free(line->description);
+        return SBW_MAP_NOMEM;
+    }
+
+    return SBW_MAP_OK;
+}
+
+
+/*
+ * Map one shipping line to a G/L Account line on the shipping account:
+ * quantity 1, its price as unit price and its own discount allocations
+ * (shipping discount codes) as line discount.
+ */
+static int
+sbw_map_shipping(const sbw_map_conf_t *mc, const json_t *sl,
+    sbw_bc_line_t *line, char *why, size_t whylen)
+{
+    int64_t        price, discount;
+    const char    *title;
+    const json_t  *v;
+
+    memset(line, 0, sizeof(*line));
+
+    v = json_object_get(sl, "title");
+    title = (json_is_string(v) && json_string_length(v) > 0)
+            ? json_string_value(v) : "Shipping";
+
+    if (sbw_money_from_json(json_object_get(sl, "price"), &price) != 0) {
+        snprintf(why, whylen, "price is not a decimal amount");
+        return SBW_MAP_INVALID;
+    }
+
+    if (sbw_sum_allocations(sl, &discount) != 0) {
+        snprintf(why, whylen, "discount allocation is not a decimal amount");
+        return SBW_MAP_INVALID;
+    }
+
+    v = json_object_get(sl, "id");
+
+    line->type = SBW_LINE_ACCOUNT;
+    line->role = "shipping";
+    line->shopify_id = json_is_integer(v) ? json_integer_value(v) : 0;
+    line->quantity = 1;
+    line->unit_price = price;
+    line->discount = discount;
+    line->number = strdup(mc->shipping_account ? mc->shipping_account : "");
+    line->description = sbw_utf8_truncate(title, SBW_BC_DESCRIPTION_LEN);
+
+    if (line->number == NULL || line->description == NULL) {
+        free(line->number);
+        free(line->description);
+        return SBW_MAP_NOMEM;
+    }
+
+    return SBW_MAP_OK;
+}
+
+
+/*
+ * Append a copy of line to the order's line array, growing it as needed.
+ * The order takes over the line's strings.
+ */
+static int
+sbw_add_line(sbw_bc_order_t *o, size_t *cap, const sbw_bc_line_t *line)
+{
+    size_t          ncap;
+    sbw_bc_line_t  *nl;
+
+    if (o->nlines == *cap) {
+        ncap = *cap ? *cap * 2 : 8;
+
+        nl = realloc(o->lines, ncap * sizeof(sbw_bc_line_t));
+        if (nl == NULL) {
+            return -1;
+        }
+
+        o->lines = nl;
+        *cap = ncap;
+    }
+
+    o->lines[o->nlines++] = *line;
+
+    if (line->type != SBW_LINE_COMMENT) {
+        o->lines_total += line->quantity * line->unit_price - line->discount;
+    }
+
+    return 0;
+}
+
+
+/*
+ * Build the BC sales order for a Shopify order.  On SBW_MAP_OK, out holds
+ * the header and lines (free with sbw_order_free()).  The first line is a
+ * Comment carrying the Shopify order name, so a merchant reading the BC
+ * order sees "#1043"; then one Item line per line item and one Account
+ * line per shipping line.  Every line is checked before anything is
+ * returned: if any line cannot be mapped the result is
+ * SBW_MAP_UNSUPPORTED and err names all such lines, because a partial
+ * order in BC is worse than none.  SBW_MAP_INVALID means the payload
+ * itself is unusable (no id, malformed amounts).
+ */
+int
+sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
+    sbw_bc_order_t *out, char *err, size_t errlen)
+{
+    int             rc, result, nbad;
+    char            why[160], *title;
+    size_t          i, cap;
+    int64_t         id;
+    const char     *s;
+    const json_t   *items, *ships, *li, *v;
+    sbw_bc_line_t   line;
+
+    memset(out, 0, sizeof(*out));
+    cap = 0;
+
+    if (err != NULL && errlen > 0) {
+        err[0] = '\0';
+    }
+
+    if (!json_is_object(order) || sbw_order_id(order, &id) != 0) {
+        sbw_err_append(err, errlen, "order has no usable \"id\"");
+        return SBW_MAP_INVALID;
+    }
+
+    out->order_id = id;
+    sbw_external_doc_number(id, out->external_doc, sizeof(out->external_doc));
+
+    v = json_object_get(order, "name");
+    s = json_is_string(v) ? json_string_value(v) : "";
+
+    out->order_name = strdup(s);
+    out->customer_number = strdup(mc->customer_number
+                                  ? mc->customer_number : "");
+
+    if (out->order_name == NULL || out->customer_number == NULL) {
+        sbw_order_free(out);
+        return SBW_MAP_NOMEM;
+    }
+
+    v = json_object_get(order, "currency");
+
+    if (json_is_string(v) && json_string_length(v) > 0) {
+        out->currency = strdup(json_string_value(v));
+
+        if (out->currency == NULL) {
+            sbw_order_free(out);
+            return SBW_MAP_NOMEM;
+        }
+    }
+
+    /* the date part of created_at is already in the shop's UTC offset */
+    v = json_object_get(order, "created_at");
+    s = json_is_string(v) ? json_string_value(v) : "";
+
+    if (strlen(s) >= 10 && s[4] == '-' && s[7] == '-') {
+        memcpy(out->order_date, s, 10);
+        out->order_date[10] = '\0';
+    }
+
+    out->taxes_included = json_is_true(json_object_get(order,
+                                                       "taxes_included"));
+
+    /* the order name goes first, as a Comment line */
+    memset(&line, 0, sizeof(line));
+    line.type = SBW_LINE_COMMENT;
+    line.role = "note";
+
+    if (out->order_name[0] != '\0') {
+        snprintf(why, sizeof(why), "Shopify order %s", out->order_name);
+
+    } else {
+        snprintf(why, sizeof(why), "Shopify order %lld", (long long) id);
+    }
+
+    line.description = sbw_utf8_truncate(why, SBW_BC_DESCRIPTION_LEN);
+
+    if (line.description == NULL || sbw_add_line(out, &cap, &line) != 0) {
+        free(line.description);
+        sbw_order_free(out);
+        return SBW_MAP_NOMEM;
+    }
+
+    items = json_object_get(order, "line_items");
+
+    if (!json_is_array(items) || json_array_size(items) == 0) {
+        sbw_err_append(err, errlen, "order %s has no line items",
+                       out->order_name);
+        sbw_order_free(out);
+        return SBW_MAP_INVALID;
+    }
+
+    result = SBW_MAP_OK;
+    nbad = 0;
+
+    json_array_foreach(items, i, li) {
+        why[0] = '\0';
+        rc = sbw_map_item(mc, li, &line, why, sizeof(why));
+
+        if (rc == SBW_MAP_NOMEM) {
+            sbw_order_free(out);
+            return SBW_MAP_NOMEM;
+        }
+
+        if (rc != SBW_MAP_OK) {
+            v = json_object_get(li, "title");
+            title = sbw_utf8_truncate(json_is_string(v)
+                                      ? json_string_value(v) : "",
+                                      SBW_MAP_TITLE_IN_ERR);
+
+            v = json_object_get(li, "id");
+
+            sbw_err_append(err, errlen, "%sline %zu \"%s\" (id %"
+                           JSON_INTEGER_FORMAT "): %s",
+                           nbad ? "; " : "", i + 1,
+                           title ? title : "",
+                           json_is_integer(v) ? json_integer_value(v) : 0,
+                           why);
+            free(title);
+            nbad++;
+
+            if (rc == SBW_MAP_INVALID || result == SBW_MAP_OK) {
+                result = rc;
+            }
+
+            continue;
+        }
+
+        if (result != SBW_MAP_OK || sbw_add_line(out, &cap, &line) != 0) {
+            free(line.number);
+            free(line.description);
+
+            if (result == SBW_MAP_OK) {
+                sbw_order_free(out);
+                return SBW_MAP_NOMEM;
+            }
+        }
+    }
+
+    ships = json_object_get(order, "shipping_lines");
+
+    if (ships != NULL && !json_is_null(ships) && !json_is_array(ships)) {
+        sbw_err_append(err, errlen, "%sshipping_lines is not an array",
+                       nbad ? "; " : "");
+        result = SBW_MAP_INVALID;
+        nbad++;
+        ships = NULL;
+    }
+
+    json_array_foreach(ships, i, li) {
+        if (json_is_true(json_object_get(li, "is_removed"))) {
+            continue;
+        }
+
+        why[0] = '\0';
+        rc = sbw_map_shipping(mc, li, &line, why, sizeof(why));
+
+        if (rc == SBW_MAP_NOMEM) {
+            sbw_order_free(out);
+            return SBW_MAP_NOMEM;
+        }
+
+        if (rc != SBW_MAP_OK) {
+            sbw_err_append(err, errlen, "%sshipping line %zu: %s",
+                           nbad ? "; " : "", i + 1, why);
+            result = SBW_MAP_INVALID;
+            nbad++;
+            continue;
+        }
+
+        if (result != SBW_MAP_OK || sbw_add_line(out, &cap, &line) != 0) {
+            free(line.number);
+            free(line.description);
+
+            if (result == SBW_MAP_OK) {
+                sbw_order_free(out);
+                return SBW_MAP_NOMEM;
+            }
+        }
+    }
+
+    if (result != SBW_MAP_OK) {
+        sbw_order_free(out);
+        return result;
+    }
+
+    return SBW_MAP_OK;
+}
+
+
+/*
+ * Growable text buffer used to write the request body.  Allocation
+ * failures are remembered and reported once at the end.
+ */
+static void
+sbw_buf_add(sbw_buf_t *b, const char *s, size_t n)
+{
+    size_t   ncap;
+    char    *nd;
+
+    if (b->failed) {
+        return;
+    }
+
+    if (b->len + n + 1 > b->cap) {
+        ncap = b->cap ? b->cap : 1024;
+
+        while (ncap < b->len + n + 1) {
+            ncap *= 2;
+        }
+
+        nd = realloc(b->data, ncap);
+        if (nd == NULL) {
+            b->failed = 1;
+            return;
+        }
+
+        b->data = nd;
+        b->cap = ncap;
+    }
+
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
+
+static void
+sbw_buf_str(sbw_buf_t *b, const char *s)
+{
+    sbw_buf_add(b, s, strlen(s));
+}
+
+
+/*
+ * Append s as a JSON string literal, escaped by jansson (raw UTF-8 is
+ * kept, control characters and quotes are escaped).
+ */
+static void
+sbw_buf_json_string(sbw_buf_t *b, const char *s)
+{
+    char    *text;
+    json_t  *js;
+
+    js = json_string(s);
+    if (js == NULL) {
+        b->failed = 1;
+        return;
+    }
+
+    text = json_dumps(js, JSON_ENCODE_ANY | JSON_COMPACT);
+    json_decref(js);
+
+    if (text == NULL) {
+        b->failed = 1;
+        return;
+    }
+
+    sbw_buf_str(b, text);
+    free(text);
+}
+
+
+/*
+ * Append cents as a JSON number with exactly two decimals.  jansson would
+ * print reals in shortest form through a double; writing the digits here
+ * keeps the amount exact and readable ("1000.80").
+ */
+static void
+sbw_buf_money(sbw_buf_t *b, int64_t cents)
+{
+    char  text[SBW_MONEY_BUFLEN];
+
+    sbw_money_format(cents, text, sizeof(text));
+    sbw_buf_str(b, text);
+}
+
+
+/*
+ * The JSON body of POST .../salesOrders for o, with the lines nested as
+ * salesOrderLines (deep insert: header and lines in one request, so BC
+ * creates all of it or nothing).  The caller frees the text; NULL means
+ * out of memory.
+ */
+char *
+sbw_order_payload(const sbw_bc_order_t *o)
+{
+    char            num[32];
+    size_t          i;
+    sbw_buf_t       b;
+    sbw_bc_line_t  *l;
+
+    memset(&b, 0, sizeof(b));
+
+    sbw_buf_str(&b, "{\"customerNumber\":");
+    sbw_buf_json_string(&b, o->customer_number);
+    sbw_buf_str(&b, ",\"externalDocumentNumber\":");
+    sbw_buf_json_string(&b, o->external_doc);
+
+    if (o->order_date[0] != '\0') {
+        sbw_buf_str(&b, ",\"orderDate\":");
+        sbw_buf_json_string(&b, o->order_date);
+    }
+
+    if (o->currency != NULL) {
+        sbw_buf_str(&b, ",\"currencyCode\":");
+        sbw_buf_json_string(&b, o->currency);
+    }
+
+    sbw_buf_str(&b, ",\"salesOrderLines\":[");
+
+    for (i = 0; i < o->nlines; i++) {
+        l = &o->lines[i];
+
+        sbw_buf_str(&b, i ? ",{" : "{");
+
+        switch (l->type) {
+
+        case SBW_LINE_COMMENT:
+            sbw_buf_str(&b, "\"lineType\":\"Comment\",\"description\":");
+            sbw_buf_json_string(&b, l->description);
+            sbw_buf_str(&b, "}");
+            continue;
+
+        case SBW_LINE_ITEM:
+            sbw_buf_str(&b, "\"lineType\":\"Item\"");
+            break;
+
+        default:
+            sbw_buf_str(&b, "\"lineType\":\"Account\"");
+            break;
+        }
+
+        sbw_buf_str(&b, ",\"lineObjectNumber\":");
+        sbw_buf_json_string(&b, l->number);
+        sbw_buf_str(&b, ",\"description\":");
+        sbw_buf_json_string(&b, l->description);
+
+        snprintf(num, sizeof(num), ",\"quantity\":%lld",
+                 (long long) l->quantity);
+        sbw_buf_str(&b, num);
+
+        sbw_buf_str(&b, ",\"unitPrice\":");
+        sbw_buf_money(&b, l->unit_price);
+        sbw_buf_str(&b, ",\"discountAmount\":");
+        sbw_buf_money(&b, l->discount);
+        sbw_buf_str(&b, "}");
+    }
+
+    sbw_buf_str(&b, "]}");
+
+    if (b.failed) {
+        free(b.data);
+        return NULL;
+    }
+
+    return b.data;
+}
+
+
+/*
+ * Release everything sbw_order_map() allocated and zero the order.
+ */
+void
+sbw_order_free(sbw_bc_order_t *o)
+{
+    size_t  i;
+
+    for (i = 0; i < o->nlines; i++) {
+        free(o->lines[i].number);
+        free(o->lines[i].description);
+    }
+
+    free(o->lines);
+    free(o->order_name);
+    free(o->customer_number);
+    free(o->currency);
+
+    memset(o, 0, sizeof(*o));
+}

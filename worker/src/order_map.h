@@ -1,0 +1,83 @@
+/*
+ * Shopify orders/create payload -> Business Central salesOrder request.
+ *
+ * The mapping is a pure function of the order JSON and the mapping
+ * settings: no I/O, no clock, no globals, so the unit tests can run it
+ * over every fixture and compare with the reference BC orders.
+ */
+
+#ifndef SBW_ORDER_MAP_H
+#define SBW_ORDER_MAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "text.h"
+
+
+/* sbw_order_map() results */
+#define SBW_MAP_OK           0
+#define SBW_MAP_UNSUPPORTED  1    /* lines the worker cannot book yet */
+#define SBW_MAP_INVALID      2    /* not a usable order payload */
+#define SBW_MAP_NOMEM       -1
+
+/* ledger / log error codes for the two refusals above */
+#define SBW_MAP_ERR_UNSUPPORTED  "Mapping_UnsupportedLines"
+#define SBW_MAP_ERR_INVALID      "Mapping_InvalidOrder"
+
+/* prefix of every externalDocumentNumber the worker writes */
+#define SBW_EXTDOC_PREFIX  "SHOPIFY-"
+
+
+typedef enum {
+    SBW_LINE_COMMENT = 0,
+    SBW_LINE_ITEM,
+    SBW_LINE_ACCOUNT
+} sbw_line_type_e;
+
+
+typedef struct {
+    sbw_line_type_e   type;
+    const char       *role;           /* "note", "item" or "shipping" */
+    char             *number;         /* lineObjectNumber, NULL if none */
+    char             *description;    /* already cut to 100 characters */
+    int64_t           shopify_id;     /* line item or shipping line id */
+    int64_t           quantity;
+    int64_t           unit_price;     /* cents */
+    int64_t           discount;       /* cents */
+} sbw_bc_line_t;
+
+
+typedef struct {
+    int64_t          order_id;
+    char            *order_name;
+    char            *customer_number;
+    char            *currency;        /* NULL when the order has none */
+    int              taxes_included;
+    char             order_date[11];  /* "YYYY-MM-DD" or "" */
+    char             external_doc[SBW_CODE35_BUFLEN];
+    sbw_bc_line_t   *lines;
+    size_t           nlines;
+    int64_t          lines_total;     /* sum of line amounts, cents */
+} sbw_bc_order_t;
+
+
+typedef struct {
+    const json_t  *sku_map;           /* object sku -> item no, or NULL */
+    const json_t  *variant_map;       /* object "variant id" -> item no */
+    const char    *customer_number;
+    const char    *shipping_account;
+} sbw_map_conf_t;
+
+
+int sbw_order_id(const json_t *order, int64_t *id);
+void sbw_external_doc_number(int64_t order_id, char *out, size_t len);
+int sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
+    sbw_bc_order_t *out, char *err, size_t errlen);
+char *sbw_order_payload(const sbw_bc_order_t *o);
+void sbw_order_free(sbw_bc_order_t *o);
+
+
+#endif /* SBW_ORDER_MAP_H */

@@ -1,0 +1,1384 @@
+/*
+ * The worker loop and the exactly-once handling of orders/create.
+ *
+ * Exactly once rests on three things:
+ *
+ *   1. the PostgreSQL ledger row of the order says whether a BC document
+ *      exists for it, and the stream entry is acknowledged only after the
+ *      outcome is committed there;
+ *   2. an "attempt started" mark (in_doubt) is committed before every
+ *      POST, so an attempt whose outcome was lost (crash, timeout, 5xx,
+ *      dropped connection) is followed by a lookup of the document in BC
+ *      by externalDocumentNumber before anything is posted again;
+ *   3. only one worker handles an order at a time: an advisory lock in
+ *      PostgreSQL between processes, a registry of orders in flight
+ *      between the threads of one process, and, for an attempt started
+ *      by another process that may still be running, a wait until that
+ *      attempt's HTTP request has certainly ended (BC365_TIMEOUT_MS).
+ */
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backoff.h"
+#include "bc.h"
+#include "ledger.h"
+#include "log.h"
+#include "metrics.h"
+#include "order_map.h"
+#include "stream.h"
+#include "worker.h"
+
+
+#define SBW_DONE   0           /* entry acknowledged or nothing to do */
+#define SBW_RETRY  1           /* entry stays pending, try again later */
+
+#define SBW_TOPIC_ORDERS_CREATE  "orders/create"
+
+/* extra wait after another process's attempt before looking it up */
+#define SBW_INFLIGHT_GRACE_MS  5000
+
+/* pages of XAUTOCLAIM per claim pass */
+#define SBW_CLAIM_PAGES  10
+
+
+typedef struct {
+    sbw_entry_t  entry;
+    double       due;           /* monotonic seconds */
+    unsigned     attempts;      /* tries so far */
+} sbw_retry_t;
+
+
+struct sbw_worker_s {
+    int                      index;
+    pthread_t                tid;
+    int                      started;
+    const sbw_worker_env_t  *env;
+    const sbw_config_t      *conf;
+
+    sbw_stream_t             stream;
+    sbw_ledger_t             ledger;
+    sbw_bc_t                 bc;
+    sbw_map_conf_t           mc;
+    sbw_rng_t                rng;
+    char                     owner[200];     /* name/index#instance */
+    char                     owner_prefix[160];
+
+    int                      redis_broken;
+    int                      need_pending;
+    unsigned                 redis_failures;
+
+    sbw_retry_t             *queue;
+    size_t                   qlen;
+    size_t                   qcap;
+};
+
+
+/* one order being processed by some thread of this process */
+typedef struct sbw_inflight_s  sbw_inflight_t;
+
+struct sbw_inflight_s {
+    char             key[300];
+    sbw_inflight_t  *next;
+};
+
+
+/* context of one order, for its log lines */
+typedef struct {
+    const sbw_entry_t  *entry;
+    int64_t             order_id;
+    const char         *order_name;
+    const char         *external_doc;
+    double              t0;
+} sbw_order_ctx_t;
+
+
+static pthread_mutex_t   sbw_inflight_mutex = PTHREAD_MUTEX_INITIALIZER;
+static sbw_inflight_t   *sbw_inflight_head;
+
+
+static double sbw_mono(void);
+static void sbw_worker_sleep(sbw_worker_t *w, long ms);
+static int sbw_inflight_enter(const char *key);
+static void sbw_inflight_leave(const char *key);
+static void sbw_log_order(int level, const char *event,
+    const sbw_order_ctx_t *oc, json_t *extra);
+static long sbw_worker_delay(sbw_worker_t *w, unsigned attempts,
+    long retry_after_ms);
+static int sbw_worker_ack(sbw_worker_t *w, const sbw_entry_t *e);
+static int sbw_worker_dead_letter(sbw_worker_t *w, const sbw_entry_t *e,
+    const char *code, const char *reason);
+static int sbw_worker_process(sbw_worker_t *w, const sbw_entry_t *e,
+    unsigned attempts, long *delay_ms);
+static int sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e,
+    unsigned attempts, long *delay_ms);
+static int sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
+    sbw_order_ctx_t *oc, int map_rc, sbw_bc_order_t *o,
+    const char *map_err, unsigned attempts, long *delay_ms);
+static int sbw_queue_has(sbw_worker_t *w, const char *id);
+static void sbw_queue_push(sbw_worker_t *w, const sbw_entry_t *e,
+    unsigned attempts, long delay_ms);
+static void sbw_queue_remove(sbw_worker_t *w, size_t i);
+static double sbw_queue_next_due(sbw_worker_t *w);
+static void sbw_worker_handle_new(sbw_worker_t *w, const sbw_entry_t *e);
+static void sbw_worker_run_due(sbw_worker_t *w);
+static int sbw_worker_pending_pass(sbw_worker_t *w);
+static int sbw_worker_claim_pass(sbw_worker_t *w);
+static void sbw_worker_trim(sbw_worker_t *w);
+static int sbw_worker_redis_ready(sbw_worker_t *w);
+static void *sbw_worker_run(void *arg);
+
+
+static double
+sbw_mono(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+
+/*
+ * Sleep up to ms milliseconds, waking early when the daemon is told to
+ * stop.
+ */
+static void
+sbw_worker_sleep(sbw_worker_t *w, long ms)
+{
+    long             step;
+    struct timespec  ts;
+
+    while (ms > 0 && !*w->env->stop) {
+        step = ms > 100 ? 100 : ms;
+        ts.tv_sec = 0;
+        ts.tv_nsec = step * 1000000L;
+
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+            if (*w->env->stop) {
+                return;
+            }
+        }
+
+        ms -= step;
+    }
+}
+
+
+/*
+ * Register an order as being processed by this process.  Returns 0, or
+ * -1 when another thread already has it.
+ */
+static int
+sbw_inflight_enter(const char *key)
+{
+    sbw_inflight_t  *p;
+
+    pthread_mutex_lock(&sbw_inflight_mutex);
+
+    for (p = sbw_inflight_head; p != NULL; p = p->next) {
+        if (strcmp(p->key, key) == 0) {
+            pthread_mutex_unlock(&sbw_inflight_mutex);
+            return -1;
+        }
+    }
+
+    p = malloc(sizeof(*p));
+    if (p == NULL) {
+        pthread_mutex_unlock(&sbw_inflight_mutex);
+        return -1;
+    }
+
+    snprintf(p->key, sizeof(p->key), "%s", key);
+    p->next = sbw_inflight_head;
+    sbw_inflight_head = p;
+
+    pthread_mutex_unlock(&sbw_inflight_mutex);
+    return 0;
+}
+
+
+/*
+ * Remove an order from this process's registry of orders in flight.
+ */
+static void
+sbw_inflight_leave(const char *key)
+{
+    sbw_inflight_t  **pp, *p;
+
+    pthread_mutex_lock(&sbw_inflight_mutex);
+
+    for (pp = &sbw_inflight_head; *pp != NULL; pp = &(*pp)->next) {
+        if (strcmp((*pp)->key, key) == 0) {
+            p = *pp;
+            *pp = p->next;
+            free(p);
+            break;
+        }
+    }
+
+    pthread_mutex_unlock(&sbw_inflight_mutex);
+}
+
+
+/*
+ * One log line about an order: the common identification fields, then
+ * the event's own (extra is consumed).
+ */
+static void
+sbw_log_order(int level, const char *event, const sbw_order_ctx_t *oc,
+    json_t *extra)
+{
+    char     id[32];
+    json_t  *f;
+
+    if (!sbw_log_enabled(level)) {
+        json_decref(extra);
+        return;
+    }
+
+    if (oc->order_id > 0) {
+        snprintf(id, sizeof(id), "%lld", (long long) oc->order_id);
+
+    } else {
+        id[0] = '\0';
+    }
+
+    f = json_pack("{s:s?,s:s?,s:s?,s:s?,s:s?,s:s?}",
+                  "shop", oc->entry->shop,
+                  "order", id[0] ? id : NULL,
+                  "order_name", oc->order_name,
+                  "webhook_id", oc->entry->webhook_id,
+                  "stream_id", oc->entry->id,
+                  "external_document_number", oc->external_doc);
+
+    if (f != NULL && extra != NULL) {
+        json_object_update(f, extra);
+    }
+
+    json_decref(extra);
+
+    if (f != NULL && oc->t0 > 0) {
+        json_object_set_new(f, "ms", json_integer((json_int_t)
+                            ((sbw_mono() - oc->t0) * 1000.0)));
+    }
+
+    sbw_log(level, event, f);
+}
+
+
+/*
+ * Delay before the next try of an entry that has failed attempts times:
+ * Retry-After when BC sent one, else exponential backoff with full
+ * jitter.
+ */
+static long
+sbw_worker_delay(sbw_worker_t *w, unsigned attempts, long retry_after_ms)
+{
+    return sbw_retry_delay_ms(&w->rng, attempts, w->conf->retry_base_ms,
+                              w->conf->retry_max_ms, retry_after_ms,
+                              w->conf->retry_after_max_ms);
+}
+
+
+/*
+ * XACK the entry.  A failure leaves it pending: after the reconnect the
+ * pending pass reads it again and the ledger turns it into a duplicate.
+ */
+static int
+sbw_worker_ack(sbw_worker_t *w, const sbw_entry_t *e)
+{
+    if (sbw_stream_ack(&w->stream, e->id) != SBW_STREAM_OK) {
+        sbw_log(SBW_LOG_WARN, "ack_failed",
+                json_pack("{s:s,s:s}", "stream_id", e->id,
+                          "message", w->stream.errstr));
+        w->redis_broken = 1;
+        return -1;
+    }
+
+    return 0;
+}
+
+
+/*
+ * Copy an entry to the dead-letter stream before it is acknowledged; on
+ * failure the entry is left pending (not acknowledged) for a later pass.
+ */
+static int
+sbw_worker_dead_letter(sbw_worker_t *w, const sbw_entry_t *e,
+    const char *code, const char *reason)
+{
+    if (sbw_stream_dead_letter(&w->stream, e, code, reason)
+        != SBW_STREAM_OK)
+    {
+        sbw_log(SBW_LOG_WARN, "dead_letter_failed",
+                json_pack("{s:s,s:s}", "stream_id", e->id,
+                          "message", w->stream.errstr));
+        w->redis_broken = 1;
+        return -1;
+    }
+
+    return 0;
+}
+
+
+/*
+ * Handle one stream entry.  Returns SBW_DONE when the entry needs no
+ * more work (acknowledged, or its ack failed and the pending pass will
+ * see it again), SBW_RETRY with *delay_ms when it must be tried again.
+ */
+static int
+sbw_worker_process(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
+    long *delay_ms)
+{
+    const char  *topic;
+
+    *delay_ms = 0;
+
+    /* a pending entry trimmed away by someone: nothing left to process */
+    if (e->deleted) {
+        sbw_log(SBW_LOG_WARN, "entry_gone",
+                json_pack("{s:s}", "stream_id", e->id));
+        sbw_metrics_entry("unknown", "gone");
+        sbw_worker_ack(w, e);
+        return SBW_DONE;
+    }
+
+    topic = e->topic ? e->topic : "";
+
+    if (strcmp(topic, SBW_TOPIC_ORDERS_CREATE) == 0) {
+        return sbw_worker_order(w, e, attempts, delay_ms);
+    }
+
+    /* no handler yet: acknowledge and count */
+    sbw_log(SBW_LOG_INFO, "entry_ignored",
+            json_pack("{s:s,s:s?,s:s?,s:s}", "topic", topic,
+                      "shop", e->shop, "webhook_id", e->webhook_id,
+                      "stream_id", e->id));
+    sbw_metrics_entry(topic, "ignored");
+    sbw_worker_ack(w, e);
+
+    return SBW_DONE;
+}
+
+
+/*
+ * orders/create: parse and map the order, then take the locks and run
+ * the ledger algorithm.  Payloads that cannot be keyed (not JSON, no
+ * order id, no shop) go to the dead-letter stream and are acknowledged.
+ */
+static int
+sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
+    long *delay_ms)
+{
+    int               rc, map_rc;
+    char              key[300], map_err[1024], extdoc[SBW_CODE35_BUFLEN];
+    char              order_name[128];
+    json_t           *order;
+    int64_t           order_id;
+    char             *near;
+    const char       *reason, *name;
+    json_error_t      jerr;
+    sbw_bc_order_t    o;
+    sbw_order_ctx_t   oc;
+
+    memset(&oc, 0, sizeof(oc));
+    oc.entry = e;
+    oc.t0 = sbw_mono();
+
+    order = NULL;
+    reason = NULL;
+
+    if (e->body == NULL || e->body_len == 0) {
+        reason = "entry has no body";
+
+    } else {
+        order = json_loadb(e->body, e->body_len, 0, &jerr);
+
+        if (order == NULL) {
+            reason = "body is not valid JSON";
+
+        } else if (sbw_order_id(order, &order_id) != 0) {
+            reason = "order has no usable id";
+
+        } else if (e->shop == NULL || e->shop[0] == '\0') {
+            reason = "entry has no shop";
+        }
+    }
+
+    if (reason != NULL) {
+        if (order == NULL && e->body != NULL && e->body_len > 0) {
+            /* where jansson stopped, not the text it stopped at */
+            near = strstr(jerr.text, " near ");
+            if (near != NULL) {
+                *near = '\0';
+            }
+
+            sbw_log_order(SBW_LOG_ERROR, "entry_invalid", &oc,
+                          json_pack("{s:s,s:s,s:s,s:i,s:i}",
+                                    "topic", SBW_TOPIC_ORDERS_CREATE,
+                                    "message", reason,
+                                    "json_error", jerr.text,
+                                    "json_line", (json_int_t) jerr.line,
+                                    "json_column",
+                                    (json_int_t) jerr.column));
+
+        } else {
+            sbw_log_order(SBW_LOG_ERROR, "entry_invalid", &oc,
+                          json_pack("{s:s,s:s}",
+                                    "topic", SBW_TOPIC_ORDERS_CREATE,
+                                    "message", reason));
+        }
+
+        json_decref(order);
+
+        if (sbw_worker_dead_letter(w, e, "Worker_InvalidEntry", reason)
+            != 0)
+        {
+            return SBW_DONE;
+        }
+
+        sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "invalid");
+        sbw_worker_ack(w, e);
+        return SBW_DONE;
+    }
+
+    oc.order_id = order_id;
+    sbw_external_doc_number(order_id, extdoc, sizeof(extdoc));
+    oc.external_doc = extdoc;
+
+    name = json_string_value(json_object_get(order, "name"));
+    snprintf(order_name, sizeof(order_name), "%s", name ? name : "");
+    oc.order_name = order_name;
+
+    map_rc = sbw_order_map(&w->mc, order, &o, map_err, sizeof(map_err));
+    json_decref(order);
+
+    if (map_rc == SBW_MAP_NOMEM) {
+        *delay_ms = sbw_worker_delay(w, attempts, -1);
+        sbw_metrics_retry("memory");
+        return SBW_RETRY;
+    }
+
+    /* one thread of this process per order */
+    snprintf(key, sizeof(key), "%s/%lld", e->shop, (long long) order_id);
+
+    if (sbw_inflight_enter(key) != 0) {
+        sbw_order_free(&o);
+        *delay_ms = 500 + (long) sbw_rng_below(&w->rng, 1000);
+        sbw_metrics_retry("order_busy");
+        return SBW_RETRY;
+    }
+
+    rc = sbw_worker_order_locked(w, e, &oc, map_rc, &o, map_err, attempts,
+                                 delay_ms);
+
+    sbw_inflight_leave(key);
+
+    if (map_rc == SBW_MAP_OK) {
+        sbw_order_free(&o);
+    }
+
+    return rc;
+}
+
+
+/*
+ * The ledger algorithm for one order, with this process's registry
+ * entry held:
+ *
+ *   lock the order (advisory lock) and read or insert its ledger row;
+ *   created / failed      -> acknowledge (a duplicate delivery);
+ *   mapping refused       -> record the failure, dead-letter, acknowledge;
+ *   in doubt              -> look the document up in BC; if found record
+ *                            it and acknowledge;
+ *   otherwise             -> commit "attempt started", POST the order,
+ *                            record the outcome, then acknowledge (or
+ *                            leave pending for a retry).
+ */
+static int
+sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
+    sbw_order_ctx_t *oc, int map_rc, sbw_bc_order_t *o, const char *map_err,
+    unsigned attempts, long *delay_ms)
+{
+    int                locked, tries, found, same_name;
+    char               code[128], msg[512], *payload;
+    char               bc_id[64], bc_number[64];
+    long               guard_ms;
+    sbw_bc_doc_t       doc;
+    sbw_bc_class_e     cls;
+    sbw_bc_result_t    res;
+    sbw_ledger_row_t   row;
+
+    memset(&res, 0, sizeof(res));
+    res.retry_after_ms = -1;
+
+    /* 1. PostgreSQL connection and the order's lock */
+    if (sbw_ledger_connect(&w->ledger) != 0) {
+        sbw_metrics_set_postgres_up(0);
+        sbw_log_order(SBW_LOG_WARN, "postgres_unavailable", oc,
+                      json_pack("{s:s}", "message", w->ledger.errstr));
+        *delay_ms = sbw_worker_delay(w, attempts, -1);
+        sbw_metrics_retry("postgres");
+        return SBW_RETRY;
+    }
+
+    locked = sbw_ledger_lock(&w->ledger, e->shop, oc->order_id);
+
+    if (locked < 0) {
+        sbw_metrics_set_postgres_up(0);
+        sbw_log_order(SBW_LOG_WARN, "postgres_error", oc,
+                      json_pack("{s:s}", "message", w->ledger.errstr));
+        sbw_ledger_close(&w->ledger);
+        *delay_ms = sbw_worker_delay(w, attempts, -1);
+        sbw_metrics_retry("postgres");
+        return SBW_RETRY;
+    }
+
+    if (locked == 0) {
+        /* another worker process is on this order right now */
+        *delay_ms = 500 + (long) sbw_rng_below(&w->rng, 1000);
+        sbw_metrics_retry("order_busy");
+        return SBW_RETRY;
+    }
+
+    sbw_metrics_set_postgres_up(1);
+
+    /* 2. the ledger row */
+    if (sbw_ledger_claim(&w->ledger, e->shop, oc->order_id,
+                         oc->order_name ? oc->order_name : "",
+                         oc->external_doc, e->webhook_id ? e->webhook_id
+                                                         : "",
+                         e->id, &row) != 0)
+    {
+        sbw_log_order(SBW_LOG_WARN, "postgres_error", oc,
+                      json_pack("{s:s}", "message", w->ledger.errstr));
+        goto retry_pg;
+    }
+
+    /* the number stored the first time is the one used, always */
+    if (row.external_doc[0] != '\0' && map_rc == SBW_MAP_OK) {
+        snprintf(o->external_doc, sizeof(o->external_doc), "%s",
+                 row.external_doc);
+        oc->external_doc = o->external_doc;
+    }
+
+    if (strcmp(row.state, "created") == 0) {
+        sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+        sbw_log_order(SBW_LOG_INFO, "order_duplicate", oc,
+                      json_pack("{s:s}", "bc_number", row.bc_number));
+        sbw_metrics_order_deduped();
+        sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "duplicate");
+        sbw_worker_ack(w, e);
+        return SBW_DONE;
+    }
+
+    if (strcmp(row.state, "failed") == 0) {
+        sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+        sbw_log_order(SBW_LOG_INFO, "order_duplicate_failed", oc,
+                      json_pack("{s:s}", "bc_error_code", row.error_code));
+        sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "duplicate_failed");
+        sbw_worker_ack(w, e);
+        return SBW_DONE;
+    }
+
+    /* 3. orders the mapping refuses are never sent */
+    if (map_rc != SBW_MAP_OK) {
+        snprintf(code, sizeof(code), "%s", map_rc == SBW_MAP_UNSUPPORTED
+                 ? SBW_MAP_ERR_UNSUPPORTED : SBW_MAP_ERR_INVALID);
+
+        if (sbw_ledger_failed(&w->ledger, e->shop, oc->order_id, code,
+                              map_err) != 0)
+        {
+            sbw_log_order(SBW_LOG_WARN, "postgres_error", oc,
+                          json_pack("{s:s}", "message", w->ledger.errstr));
+            goto retry_pg;
+        }
+
+        sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+        sbw_log_order(SBW_LOG_ERROR, "order_failed", oc,
+                      json_pack("{s:s,s:s}", "bc_error_code", code,
+                                "message", map_err));
+        sbw_metrics_order_failed("mapping");
+        sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "failed");
+
+        if (sbw_worker_dead_letter(w, e, code, map_err) == 0) {
+            sbw_worker_ack(w, e);
+        }
+
+        return SBW_DONE;
+    }
+
+    /* 4. an earlier attempt's outcome is unknown: look in BC first */
+    if (row.in_doubt) {
+        same_name = strncmp(row.owner, w->owner_prefix,
+                            strlen(w->owner_prefix)) == 0;
+
+        /*
+         * An attempt by another worker (other WORKER_NAME) may still be
+         * on the wire if that worker lost its PostgreSQL session but not
+         * its life: wait until its request has certainly timed out.  Our
+         * own earlier attempts (this process, whose threads are kept
+         * apart by the in-flight registry, or a previous run of this
+         * WORKER_NAME, which is dead since we hold its consumer name) are
+         * known to be over.
+         */
+        if (!same_name && row.since_attempt_ms >= 0) {
+            guard_ms = w->conf->timeout_ms + w->conf->connect_timeout_ms
+                       + SBW_INFLIGHT_GRACE_MS;
+
+            if (row.since_attempt_ms < guard_ms) {
+                sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+                *delay_ms = guard_ms - (long) row.since_attempt_ms
+                            + (long) sbw_rng_below(&w->rng, 1000);
+                sbw_log_order(SBW_LOG_INFO, "order_wait_foreign_attempt", oc,
+                              json_pack("{s:s,s:i}", "attempt_owner",
+                                        row.owner, "wait_ms",
+                                        (json_int_t) *delay_ms));
+                sbw_metrics_retry("foreign_attempt");
+                return SBW_RETRY;
+            }
+        }
+
+        found = sbw_bc_find_document(&w->bc, oc->external_doc, &doc, &res);
+
+        if (found < 0) {
+            sbw_bc_describe(&res, code, sizeof(code), msg, sizeof(msg));
+            sbw_ledger_retry(&w->ledger, e->shop, oc->order_id, 1, code,
+                             msg, 0);
+            sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+            *delay_ms = sbw_worker_delay(w, attempts, res.retry_after_ms);
+            sbw_log_order(SBW_LOG_WARN, "order_retry", oc,
+                          json_pack("{s:s,s:s,s:s,s:i,s:s,s:i}",
+                                    "step", "lookup",
+                                    "bc_error_code", code, "message", msg,
+                                    "status", (json_int_t) res.status,
+                                    "correlation_id", res.correlation_id,
+                                    "retry_in_ms", (json_int_t) *delay_ms));
+            sbw_metrics_retry("bc_lookup");
+            sbw_bc_result_clear(&res);
+            return SBW_RETRY;
+        }
+
+        if (found > 0) {
+            if (sbw_ledger_created(&w->ledger, e->shop, oc->order_id,
+                                   doc.doc_type, doc.id, doc.number,
+                                   "lookup") != 0)
+            {
+                sbw_log_order(SBW_LOG_WARN, "postgres_error", oc,
+                              json_pack("{s:s}", "message",
+                                        w->ledger.errstr));
+                sbw_bc_result_clear(&res);
+                goto retry_pg;
+            }
+
+            sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+            sbw_log_order(doc.matches > 1 ? SBW_LOG_WARN : SBW_LOG_INFO,
+                          "order_recovered", oc,
+                          json_pack("{s:s,s:s,s:i,s:i}",
+                                    "bc_number", doc.number,
+                                    "bc_document_type", doc.doc_type,
+                                    "bc_matches", (json_int_t) doc.matches,
+                                    "attempts", (json_int_t) row.attempts));
+            sbw_metrics_order_recovered();
+            sbw_metrics_order_deduped();
+            sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "recovered");
+            sbw_bc_result_clear(&res);
+            sbw_worker_ack(w, e);
+            return SBW_DONE;
+        }
+
+        sbw_bc_result_clear(&res);
+    }
+
+    /* 5. commit "attempt started", then POST */
+    if (sbw_ledger_start_attempt(&w->ledger, e->shop, oc->order_id,
+                                 w->owner, &tries) != 0)
+    {
+        sbw_log_order(SBW_LOG_WARN, "postgres_error", oc,
+                      json_pack("{s:s}", "message", w->ledger.errstr));
+        goto retry_pg;
+    }
+
+    payload = sbw_order_payload(o);
+
+    if (payload == NULL) {
+        sbw_ledger_retry(&w->ledger, e->shop, oc->order_id, 0,
+                         "Worker_NoMemory", "out of memory", 1000);
+        sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+        *delay_ms = sbw_worker_delay(w, attempts, -1);
+        sbw_metrics_retry("memory");
+        return SBW_RETRY;
+    }
+
+    cls = sbw_bc_create_order(&w->bc, payload, &res, bc_id, sizeof(bc_id),
+                              bc_number, sizeof(bc_number));
+    free(payload);
+
+    switch (cls) {
+
+    case SBW_BC_OK:
+        if (sbw_ledger_created(&w->ledger, e->shop, oc->order_id,
+                               "salesOrder", bc_id, bc_number, "post") != 0)
+        {
+            /* in_doubt stays set: the next try finds it by lookup */
+            sbw_log_order(SBW_LOG_ERROR, "ledger_write_failed", oc,
+                          json_pack("{s:s,s:s}", "bc_number", bc_number,
+                                    "message", w->ledger.errstr));
+            sbw_bc_result_clear(&res);
+            goto retry_pg;
+        }
+
+        sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+        sbw_log_order(SBW_LOG_INFO, "order_created", oc,
+                      json_pack("{s:s,s:s,s:i,s:i,s:i}",
+                                "bc_number", bc_number, "bc_id", bc_id,
+                                "lines", (json_int_t) o->nlines,
+                                "attempts", (json_int_t) tries,
+                                "bc_ms", (json_int_t) (res.seconds
+                                                       * 1000.0)));
+        sbw_metrics_order_pushed(res.seconds);
+        sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "created");
+        sbw_bc_result_clear(&res);
+        sbw_worker_ack(w, e);
+        return SBW_DONE;
+
+    case SBW_BC_PERMANENT:
+        sbw_bc_describe(&res, code, sizeof(code), msg, sizeof(msg));
+
+        if (sbw_ledger_failed(&w->ledger, e->shop, oc->order_id, code, msg)
+            != 0)
+        {
+            sbw_log_order(SBW_LOG_WARN, "postgres_error", oc,
+                          json_pack("{s:s}", "message", w->ledger.errstr));
+            sbw_bc_result_clear(&res);
+            goto retry_pg;
+        }
+
+        sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+        sbw_log_order(SBW_LOG_ERROR, "order_failed", oc,
+                      json_pack("{s:s,s:s,s:i,s:s,s:i}",
+                                "bc_error_code", code, "message", msg,
+                                "status", (json_int_t) res.status,
+                                "correlation_id", res.correlation_id,
+                                "attempts", (json_int_t) tries));
+        sbw_metrics_order_failed("bc");
+        sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "failed");
+        sbw_bc_result_clear(&res);
+
+        if (sbw_worker_dead_letter(w, e, code, msg) == 0) {
+            sbw_worker_ack(w, e);
+        }
+
+        return SBW_DONE;
+
+    default:
+        sbw_bc_describe(&res, code, sizeof(code), msg, sizeof(msg));
+        *delay_ms = sbw_worker_delay(w, attempts, res.retry_after_ms);
+
+        sbw_ledger_retry(&w->ledger, e->shop, oc->order_id,
+                         cls == SBW_BC_RETRY_UNCERTAIN, code, msg,
+                         *delay_ms);
+        sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+
+        sbw_log_order(SBW_LOG_WARN, "order_retry", oc,
+                      json_pack("{s:s,s:s,s:s,s:i,s:s,s:b,s:i,s:i}",
+                                "step", "create",
+                                "bc_error_code", code, "message", msg,
+                                "status", (json_int_t) res.status,
+                                "correlation_id", res.correlation_id,
+                                "in_doubt", cls == SBW_BC_RETRY_UNCERTAIN,
+                                "attempts", (json_int_t) tries,
+                                "retry_in_ms", (json_int_t) *delay_ms));
+        sbw_metrics_retry(res.status == 429 ? "bc_429"
+                          : res.status >= 500 ? "bc_5xx"
+                          : res.curl_code != 0 ? "bc_transport"
+                          : "bc_other");
+        sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "retry");
+        sbw_bc_result_clear(&res);
+        return SBW_RETRY;
+    }
+
+retry_pg:
+
+    /* the session may be gone, and the lock with it: start over later */
+    sbw_metrics_set_postgres_up(0);
+    sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+    sbw_ledger_close(&w->ledger);
+    *delay_ms = sbw_worker_delay(w, attempts, -1);
+    sbw_metrics_retry("postgres");
+
+    return SBW_RETRY;
+}
+
+
+/*
+ * Whether the retry queue already holds the entry with this id.
+ */
+static int
+sbw_queue_has(sbw_worker_t *w, const char *id)
+{
+    size_t  i;
+
+    for (i = 0; i < w->qlen; i++) {
+        if (strcmp(w->queue[i].entry.id, id) == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * Keep a copy of the entry for a later try.  Out of memory, the entry is
+ * simply not queued: it stays pending in Redis and the next pending pass
+ * picks it up.
+ */
+static void
+sbw_queue_push(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
+    long delay_ms)
+{
+    size_t        ncap;
+    sbw_retry_t  *nq;
+
+    if (w->qlen == w->qcap) {
+        ncap = w->qcap ? w->qcap * 2 : 16;
+
+        nq = realloc(w->queue, ncap * sizeof(sbw_retry_t));
+        if (nq == NULL) {
+            w->need_pending = 1;
+            return;
+        }
+
+        w->queue = nq;
+        w->qcap = ncap;
+    }
+
+    if (sbw_stream_copy_entry(&w->queue[w->qlen].entry, e) != 0) {
+        w->need_pending = 1;
+        return;
+    }
+
+    w->queue[w->qlen].attempts = attempts;
+    w->queue[w->qlen].due = sbw_mono() + (double) delay_ms / 1000.0;
+    w->qlen++;
+
+    sbw_metrics_retry_queue_add(1);
+}
+
+
+static void
+sbw_queue_remove(sbw_worker_t *w, size_t i)
+{
+    sbw_entry_clear(&w->queue[i].entry);
+
+    w->queue[i] = w->queue[w->qlen - 1];
+    w->qlen--;
+
+    sbw_metrics_retry_queue_add(-1);
+}
+
+
+/*
+ * Earliest due time in the retry queue (0 when it is empty).
+ */
+static double
+sbw_queue_next_due(sbw_worker_t *w)
+{
+    size_t  i;
+    double  due;
+
+    due = 0;
+
+    for (i = 0; i < w->qlen; i++) {
+        if (i == 0 || w->queue[i].due < due) {
+            due = w->queue[i].due;
+        }
+    }
+
+    return due;
+}
+
+
+/*
+ * Process an entry seen for the first time (or again after a restart)
+ * and queue a copy if it needs another try.
+ */
+static void
+sbw_worker_handle_new(sbw_worker_t *w, const sbw_entry_t *e)
+{
+    long  delay;
+
+    if (sbw_worker_process(w, e, 0, &delay) == SBW_RETRY) {
+        sbw_queue_push(w, e, 1, delay);
+    }
+}
+
+
+/*
+ * Try again every queued entry whose time has come.
+ */
+static void
+sbw_worker_run_due(sbw_worker_t *w)
+{
+    long         delay;
+    size_t       i;
+    double       now;
+    sbw_retry_t  *r;
+
+    i = 0;
+
+    while (i < w->qlen && !*w->env->stop && !w->redis_broken) {
+        now = sbw_mono();
+        r = &w->queue[i];
+
+        if (r->due > now) {
+            i++;
+            continue;
+        }
+
+        if (sbw_worker_process(w, &r->entry, r->attempts, &delay)
+            == SBW_DONE)
+        {
+            sbw_queue_remove(w, i);
+            continue;
+        }
+
+        r = &w->queue[i];
+        r->attempts++;
+        r->due = sbw_mono() + (double) delay / 1000.0;
+        i++;
+    }
+}
+
+
+/*
+ * Re-process this consumer's own pending entries (XREADGROUP from id 0):
+ * what a previous run of this WORKER_NAME, or this run before a Redis
+ * reconnect, received but did not acknowledge.  Entries already queued
+ * for retry are skipped.  Stops early when the retry queue is full and
+ * resumes on a later call.
+ */
+static int
+sbw_worker_pending_pass(sbw_worker_t *w)
+{
+    int           rc;
+    char          cursor[64];
+    size_t        n, i;
+    sbw_entry_t  *es;
+
+    snprintf(cursor, sizeof(cursor), "0");
+
+    for ( ;; ) {
+        rc = sbw_stream_read(&w->stream, cursor, 0, &es, &n);
+
+        if (rc != SBW_STREAM_OK) {
+            return rc;
+        }
+
+        if (n == 0) {
+            break;
+        }
+
+        for (i = 0; i < n; i++) {
+            snprintf(cursor, sizeof(cursor), "%s", es[i].id);
+
+            if (sbw_queue_has(w, es[i].id)) {
+                continue;
+            }
+
+            sbw_worker_handle_new(w, &es[i]);
+
+            if (*w->env->stop || w->redis_broken
+                || w->qlen >= (size_t) w->conf->retry_queue_max)
+            {
+                sbw_entries_free(es, n);
+                return SBW_STREAM_OK;
+            }
+        }
+
+        sbw_entries_free(es, n);
+    }
+
+    w->need_pending = 0;
+    return SBW_STREAM_OK;
+}
+
+
+/*
+ * Take over entries left pending too long by other consumers (a worker
+ * that died for good, or whose WORKER_NAME changed).
+ */
+static int
+sbw_worker_claim_pass(sbw_worker_t *w)
+{
+    int           rc, page;
+    char          cursor[64];
+    size_t        n, i;
+    sbw_entry_t  *es;
+
+    snprintf(cursor, sizeof(cursor), "0-0");
+
+    for (page = 0; page < SBW_CLAIM_PAGES; page++) {
+        rc = sbw_stream_autoclaim(&w->stream, cursor, sizeof(cursor), &es,
+                                  &n);
+        if (rc != SBW_STREAM_OK) {
+            return rc;
+        }
+
+        for (i = 0; i < n; i++) {
+            if (sbw_queue_has(w, es[i].id)) {
+                continue;
+            }
+
+            sbw_log(SBW_LOG_INFO, "entry_claimed",
+                    json_pack("{s:s,s:s?}", "stream_id", es[i].id,
+                              "topic", es[i].topic));
+            sbw_worker_handle_new(w, &es[i]);
+
+            if (*w->env->stop || w->redis_broken) {
+                break;
+            }
+        }
+
+        sbw_entries_free(es, n);
+
+        if (*w->env->stop || w->redis_broken
+            || strcmp(cursor, "0-0") == 0)
+        {
+            break;
+        }
+    }
+
+    return SBW_STREAM_OK;
+}
+
+
+/*
+ * Run one safe trim (see sbw_stream_trim()) and report what it removed.
+ */
+static void
+sbw_worker_trim(sbw_worker_t *w)
+{
+    int        rc;
+    char       minid[64];
+    long long  trimmed;
+
+    rc = sbw_stream_trim(&w->stream, &trimmed, minid, sizeof(minid));
+
+    if (rc == SBW_STREAM_CONN) {
+        w->redis_broken = 1;
+        return;
+    }
+
+    if (rc != SBW_STREAM_OK) {
+        sbw_log(SBW_LOG_WARN, "trim_failed",
+                json_pack("{s:s}", "message", w->stream.errstr));
+        return;
+    }
+
+    if (trimmed > 0) {
+        sbw_metrics_trimmed(trimmed);
+        sbw_log(SBW_LOG_INFO, "stream_trimmed",
+                json_pack("{s:I,s:s}", "entries", (json_int_t) trimmed,
+                          "minid", minid));
+    }
+}
+
+
+/*
+ * (Re)connect to Redis when needed, with backoff; after a reconnect the
+ * group is ensured and a pending pass is due.  Returns 0 when connected.
+ */
+static int
+sbw_worker_redis_ready(sbw_worker_t *w)
+{
+    if (w->redis_broken) {
+        sbw_stream_close(&w->stream);
+        w->redis_broken = 0;
+    }
+
+    if (w->stream.ctx != NULL) {
+        return 0;
+    }
+
+    if (sbw_stream_connect(&w->stream) == SBW_STREAM_OK
+        && sbw_stream_ensure_group(&w->stream) == SBW_STREAM_OK)
+    {
+        if (w->redis_failures > 0) {
+            sbw_log(w->index == 0 ? SBW_LOG_INFO : SBW_LOG_DEBUG,
+                    "redis_reconnected",
+                    json_pack("{s:i,s:i}", "worker", (json_int_t) w->index,
+                              "failures", (json_int_t) w->redis_failures));
+        }
+
+        w->redis_failures = 0;
+        w->need_pending = 1;
+        sbw_metrics_set_redis_up(1);
+        return 0;
+    }
+
+    sbw_metrics_set_redis_up(0);
+
+    /* one line on the first failure, then one per ten (thread 0 only) */
+    if (w->redis_failures % 10 == 0) {
+        sbw_log(w->index == 0 ? SBW_LOG_WARN : SBW_LOG_DEBUG,
+                "redis_unavailable",
+                json_pack("{s:i,s:s,s:i}", "worker", (json_int_t) w->index,
+                          "message", w->stream.errstr,
+                          "failures", (json_int_t) w->redis_failures + 1));
+    }
+
+    sbw_stream_close(&w->stream);
+    sbw_worker_sleep(w, sbw_worker_delay(w, w->redis_failures, -1));
+    w->redis_failures++;
+
+    return -1;
+}
+
+
+/*
+ * Thread body: reconnect when needed, pending pass, due retries, the
+ * periodic trim (thread 0) and claim, then block for new entries.
+ */
+static void *
+sbw_worker_run(void *arg)
+{
+    int            rc;
+    long           block;
+    size_t         n, i;
+    double         now, next_claim, next_trim, last_activity, due;
+    sbw_entry_t   *es;
+    sbw_worker_t  *w;
+
+    w = arg;
+    now = sbw_mono();
+    next_claim = now;
+    next_trim = now;
+    last_activity = now;
+
+    while (!*w->env->stop) {
+
+        /* connection */
+        if (sbw_worker_redis_ready(w) != 0) {
+            continue;
+        }
+
+        /* own pending entries first */
+        if (w->need_pending && w->qlen < (size_t) w->conf->retry_queue_max) {
+            if (sbw_worker_pending_pass(w) != SBW_STREAM_OK) {
+                w->redis_broken = 1;
+                continue;
+            }
+
+            last_activity = sbw_mono();
+        }
+
+        /* retries whose time has come */
+        sbw_worker_run_due(w);
+
+        if (w->redis_broken) {
+            continue;
+        }
+
+        now = sbw_mono();
+
+        /* trim what every group has acknowledged */
+        if (w->index == 0 && w->conf->trim_interval_ms > 0
+            && now >= next_trim)
+        {
+            sbw_worker_trim(w);
+            next_trim = now + (double) w->conf->trim_interval_ms / 1000.0;
+
+            if (w->redis_broken) {
+                continue;
+            }
+        }
+
+        /* entries abandoned by other consumers */
+        if (now >= next_claim) {
+            if (sbw_worker_claim_pass(w) != SBW_STREAM_OK) {
+                w->redis_broken = 1;
+                continue;
+            }
+
+            next_claim = sbw_mono()
+                         + (double) w->conf->claim_interval_ms / 1000.0;
+        }
+
+        /* a full retry queue means BC or PostgreSQL is struggling */
+        if (w->qlen >= (size_t) w->conf->retry_queue_max) {
+            due = sbw_queue_next_due(w) - sbw_mono();
+            sbw_worker_sleep(w, due > 0 ? (long) (due * 1000.0) + 1 : 1);
+            continue;
+        }
+
+        /* new entries */
+        block = w->conf->block_ms;
+
+        if (w->env->drain_ms > 0 && w->env->drain_ms < block) {
+            block = w->env->drain_ms;
+        }
+
+        if (w->qlen > 0) {
+            due = sbw_queue_next_due(w) - sbw_mono();
+
+            if (due * 1000.0 < (double) block) {
+                block = due > 0 ? (long) (due * 1000.0) : 0;
+            }
+        }
+
+        if (block < 1) {
+            block = 1;
+        }
+
+        rc = sbw_stream_read(&w->stream, ">", block, &es, &n);
+
+        if (rc == SBW_STREAM_REPLY
+            && strncmp(w->stream.errstr, "NOGROUP", 7) == 0)
+        {
+            /* stream or group deleted under us: recreate on reconnect */
+            sbw_log(SBW_LOG_WARN, "group_missing",
+                    json_pack("{s:s}", "message", w->stream.errstr));
+            w->redis_broken = 1;
+            continue;
+        }
+
+        if (rc != SBW_STREAM_OK) {
+            sbw_log(w->index == 0 ? SBW_LOG_WARN : SBW_LOG_DEBUG,
+                    "redis_read_failed",
+                    json_pack("{s:i,s:s}", "worker", (json_int_t) w->index,
+                              "message", w->stream.errstr));
+            w->redis_broken = 1;
+            continue;
+        }
+
+        for (i = 0; i < n; i++) {
+            sbw_worker_handle_new(w, &es[i]);
+
+            if (w->redis_broken) {
+                break;
+            }
+        }
+
+        sbw_entries_free(es, n);
+
+        if (n > 0 || w->qlen > 0) {
+            last_activity = sbw_mono();
+        }
+
+        /* --drain: leave once nothing new came for drain_ms */
+        if (w->env->drain_ms > 0 && w->qlen == 0 && !w->need_pending
+            && (sbw_mono() - last_activity) * 1000.0
+               >= (double) w->env->drain_ms)
+        {
+            break;
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * A worker thread's state.  index numbers the threads of this process;
+ * the consumer name is WORKER_NAME/index, stable across restarts.
+ */
+sbw_worker_t *
+sbw_worker_new(const sbw_worker_env_t *env, int index)
+{
+    uint64_t       seed;
+    sbw_worker_t  *w;
+
+    w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        return NULL;
+    }
+
+    w->index = index;
+    w->env = env;
+    w->conf = env->conf;
+
+    w->stream.conf = env->conf;
+    snprintf(w->stream.consumer, sizeof(w->stream.consumer), "%s/%d",
+             env->conf->worker_name, index);
+
+    w->ledger.url = env->conf->database_url;
+
+    snprintf(w->owner_prefix, sizeof(w->owner_prefix), "%s/",
+             env->conf->worker_name);
+    snprintf(w->owner, sizeof(w->owner), "%s/%d#%s",
+             env->conf->worker_name, index, env->instance);
+
+    w->mc.sku_map = env->conf->sku_map;
+    w->mc.variant_map = env->conf->variant_map;
+    w->mc.customer_number = env->conf->default_customer;
+    w->mc.shipping_account = env->conf->shipping_account;
+
+    seed = (uint64_t) time(NULL) ^ ((uint64_t) index << 32)
+           ^ (uint64_t) (uintptr_t) w;
+    sbw_rng_seed(&w->rng, seed);
+
+    if (sbw_bc_init(&w->bc, env->bc_shared, env->conf) != 0) {
+        free(w);
+        return NULL;
+    }
+
+    return w;
+}
+
+
+int
+sbw_worker_start(sbw_worker_t *w)
+{
+    if (pthread_create(&w->tid, NULL, sbw_worker_run, w) != 0) {
+        return -1;
+    }
+
+    w->started = 1;
+    return 0;
+}
+
+
+void
+sbw_worker_join(sbw_worker_t *w)
+{
+    if (w->started) {
+        pthread_join(w->tid, NULL);
+        w->started = 0;
+    }
+}
+
+
+/*
+ * Release a stopped worker: queued copies, connections, curl handle.
+ * Its entries stay pending in Redis for the next run.
+ */
+void
+sbw_worker_free(sbw_worker_t *w)
+{
+    size_t  i;
+
+    if (w == NULL) {
+        return;
+    }
+
+    for (i = 0; i < w->qlen; i++) {
+        sbw_entry_clear(&w->queue[i].entry);
+    }
+
+    sbw_metrics_retry_queue_add(-(int) w->qlen);
+    free(w->queue);
+
+    sbw_stream_close(&w->stream);
+    sbw_ledger_close(&w->ledger);
+    sbw_bc_cleanup(&w->bc);
+
+    free(w);
+}

@@ -1,0 +1,400 @@
+#!/usr/bin/env bash
+# End-to-end check of shopify-bc-worker against a private redis-server,
+# a throwaway PostgreSQL cluster (pg_virtualenv) and the BC sandbox
+# (sandbox/sandbox.py), all on free high ports in a temporary directory
+# that is removed at the end.  Entries are written to the stream the way
+# the nginx module writes them (XADD with its fields), so nginx is not
+# needed.
+#
+#   make -C worker check          (or: worker/test/e2e.sh)
+#
+# Prints one "ok"/"not ok" line per check and ends with
+# "N passed, N failed"; the exit status is 1 if anything failed.
+
+set -u
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+
+# the PostgreSQL cluster only lives as long as pg_virtualenv's command
+if [ -z "${SBW_E2E_INNER:-}" ]; then
+    exec env SBW_E2E_INNER=1 pg_virtualenv -- "$0" "$@"
+fi
+
+worker="$root/worker/build/shopify-bc-worker"
+fixtures="$root/fixtures"
+work=$(mktemp -d /tmp/sbw-e2e.XXXXXX)
+passed=0
+failed=0
+redis_pid=""
+sandbox_pid=""
+worker_pid=""
+
+free_port() {
+    python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+}
+
+cleanup() {
+    # SBW_E2E_LOG=FILE keeps the worker's log lines for a look afterwards
+    [ -n "${SBW_E2E_LOG:-}" ] && cp "$work/worker.log" "$SBW_E2E_LOG"
+    [ -n "$worker_pid" ] && kill -9 "$worker_pid" 2>/dev/null
+    [ -n "$sandbox_pid" ] && kill "$sandbox_pid" 2>/dev/null
+    [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null
+    wait 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+ok() {
+    # ok NAME COMMAND...: one TAP-like line
+    local name=$1
+    shift
+    if "$@"; then
+        echo "ok - $name"
+        passed=$((passed + 1))
+    else
+        echo "not ok - $name"
+        failed=$((failed + 1))
+    fi
+}
+
+redis_port=$(free_port)
+sandbox_port=$(free_port)
+metrics_port=$(free_port)
+
+start_redis() {
+    redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work" \
+        --appendonly yes --appendfsync always --save '' \
+        --maxmemory-policy noeviction >"$work/redis.log" 2>&1 &
+    redis_pid=$!
+    for _ in $(seq 50); do
+        rc ping >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+stop_redis() {
+    rc shutdown >/dev/null 2>&1
+    wait "$redis_pid" 2>/dev/null
+    redis_pid=""
+}
+
+rc() { redis-cli -p "$redis_port" "$@"; }
+sq() { psql -XAtq -c "$1"; }
+sb() { curl -s "http://127.0.0.1:$sandbox_port/_sandbox/$1" "${@:2}"; }
+
+start_redis || { echo "cannot start redis-server"; exit 1; }
+
+python3 "$root/sandbox/sandbox.py" serve --port "$sandbox_port" --quiet \
+    >"$work/sandbox.log" 2>&1 &
+sandbox_pid=$!
+for _ in $(seq 50); do
+    sb health >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+export REDIS_URL="redis://127.0.0.1:$redis_port/0"
+export DATABASE_URL="postgresql+psycopg2://"      # libpq takes PG* vars
+export BC365_TENANT_ID=sandbox-tenant
+export BC365_CLIENT_ID=sandbox-client-id
+export BC365_CLIENT_SECRET=sandbox-client-secret
+export BC365_ENVIRONMENT=production
+export BC365_COMPANY_ID=31b7c38b-2d4e-5437-beff-68c052310a74
+export BC365_API_BASE="http://127.0.0.1:$sandbox_port"
+export BC365_AUTH_BASE="http://127.0.0.1:$sandbox_port"
+export BC365_SHIPPING_ACCOUNT=40400
+export VARIANT_MAP_FILE="$fixtures/meta/variant-map.json"
+export METRICS_ADDR="127.0.0.1:$metrics_port"
+export WORKER_NAME=e2e
+export RETRY_BASE_MS=100
+export RETRY_MAX_MS=1000
+export BC365_TIMEOUT_MS=5000
+
+xadd() {
+    # xadd FILE TOPIC WEBHOOK_ID: the fields in the nginx module's order
+    rc -x XADD shopify:webhooks '*' topic "$2" \
+        shop acme-demo.myshopify.com webhook_id "$3" api_version 2024-04 \
+        triggered_at "" event_id "" received_at "$(date +%s)000" \
+        body <"$1" >/dev/null
+}
+
+reset_all() {
+    sb reset -X POST >/dev/null
+    rc flushall >/dev/null
+    sq "DROP TABLE IF EXISTS bc_order_ledger, schema_version" 2>/dev/null
+}
+
+drain() {
+    "$worker" --drain=1500 2>>"$work/worker.log"
+}
+
+bc_count() {
+    # number of BC documents (open or posted) with this external number
+    sb orders | python3 -c '
+import json, sys
+n = sum(1 for o in json.load(sys.stdin)["value"]
+        if o["order"]["externalDocumentNumber"] == sys.argv[1])
+print(n)' "$1"
+}
+
+ledger() {
+    # ledger ORDER_ID COLUMN
+    sq "SELECT $2 FROM bc_order_ledger WHERE shopify_order_id = $1"
+}
+
+faults() { sb faults -X POST -d "$1" >/dev/null; }
+
+post_fault() {
+    # post_fault TIMES 'ACTION FIELDS': a rule on POST .../salesOrders
+    local rule='"method":"POST","path_regex":"/salesOrders$"'
+    faults "[{$rule,\"times\":$1,$2}]"
+}
+
+pending() { rc XPENDING shopify:webhooks bc-sync | head -1; }
+
+F="$fixtures/shopify"
+BASIC=6021450011001
+BASIC_DOC=SHOPIFY-$BASIC
+
+
+# 1. configuration errors: one line, exit status 2
+
+out=$(env -u BC365_CLIENT_SECRET -u BC365_COMPANY_ID "$worker" 2>&1)
+status=$?
+ok "missing settings exit 2" test "$status" = 2
+ok "missing settings named in one line" \
+    test "$(echo "$out" | wc -l)" = 1 -a \
+    -n "$(echo "$out" | grep 'BC365_CLIENT_SECRET, BC365_COMPANY_ID')"
+
+
+# 2. every fixture, a duplicate delivery and a topic without handler
+
+reset_all
+for f in basic discounts unicode guest-pos large multicurrency long-name \
+         no-sku; do
+    xadd "$F/orders-create-$f.json" orders/create "wh-$f"
+done
+xadd "$F/orders-create-basic.json" orders/create wh-basic-again
+xadd "$F/products-update.json" products/update wh-products
+drain
+ok "drain exits 0" test $? = 0
+
+ok "basic order created once" test "$(bc_count $BASIC_DOC)" = 1
+ok "seven orders in BC" test "$(sb orders | python3 -c \
+    'import json,sys; print(len(json.load(sys.stdin)["value"]))')" = 7
+ok "amounts excluding tax match the reference" python3 - "$fixtures" <<'EOF'
+import json, sys
+from decimal import Decimal
+exp = json.load(open(sys.argv[1] + "/expected/bc-sales-orders.json"))
+got = {}
+import urllib.request, os
+port = os.environ["BC365_API_BASE"].rsplit(":", 1)[1]
+data = json.load(urllib.request.urlopen(
+    "http://127.0.0.1:%s/_sandbox/orders" % port))
+for o in data["value"]:
+    got[o["order"]["externalDocumentNumber"]] = o["order"]
+bad = 0
+for name in ("basic", "discounts", "unicode", "guest-pos", "large"):
+    e = exp["orders-create-%s.json" % name]
+    o = got["SHOPIFY-%d" % e["shopifyOrderId"]]
+    have = Decimal(str(o["totalAmountExcludingTax"]))
+    want = Decimal(e["amountExcludingTax"])
+    if have != want:
+        print("# %s: %s != %s" % (name, have, want))
+        bad += 1
+sys.exit(bad)
+EOF
+ok "no-sku order refused in the ledger" \
+    test "$(ledger 6021450011003 state)/$(ledger 6021450011003 error_code)" \
+    = "failed/Mapping_UnsupportedLines"
+ok "no-sku order in the dead-letter stream" \
+    test "$(rc XLEN shopify:webhooks:dead)" = 1
+ok "nothing left pending" test "$(pending)" = 0
+ok "one outcome line per order entry" \
+    test "$(grep -c '"event":"order_\(created\|failed\|duplicate\)"' \
+            "$work/worker.log")" = 9
+ok "no secret or token in the log" \
+    test -z "$(grep -e sandbox-client-secret -e access_token -e Bearer \
+               "$work/worker.log")"
+
+
+# 3. lost answers: BC committed, the worker never heard
+
+for fault in '"action":"commit_then_drop"' \
+             '"action":"commit_then_fail","status":500' \
+             '"action":"commit_then_fail","status":504'; do
+    reset_all
+    post_fault 1 "$fault"
+    xadd "$F/orders-create-basic.json" orders/create wh-1
+    drain
+    ok "$fault: exactly one order" test "$(bc_count $BASIC_DOC)" = 1
+    ok "$fault: found by lookup" \
+        test "$(ledger $BASIC state)/$(ledger $BASIC resolved_by)" \
+        = "created/lookup"
+done
+
+
+# 4. 429 and 503 with Retry-After, then success; 401 after revocation
+
+reset_all
+post_fault 2 '"status":429,"retry_after":1'
+xadd "$F/orders-create-basic.json" orders/create wh-1
+drain
+ok "429: exactly one order" test "$(bc_count $BASIC_DOC)" = 1
+ok "429: posted on the third attempt, no lookup" \
+    test "$(ledger $BASIC attempts)/$(ledger $BASIC resolved_by)" = "3/post"
+
+reset_all
+post_fault 1 '"status":503'
+xadd "$F/orders-create-basic.json" orders/create wh-1
+drain
+ok "503: exactly one order" test "$(bc_count $BASIC_DOC)" = 1
+
+reset_all
+"$worker" --drain=300 2>>"$work/worker.log"      # takes a token
+sb tokens/revoke -X POST >/dev/null
+xadd "$F/orders-create-basic.json" orders/create wh-1
+drain
+ok "revoked token: refreshed, one order" test "$(bc_count $BASIC_DOC)" = 1
+
+
+# 5. BC refuses the document: recorded, not retried
+
+reset_all
+SKU_MAP_JSON='{"1900-S":"NO-SUCH-ITEM"}' \
+    "$worker" --drain=1500 2>>"$work/worker.log" &
+worker_pid=$!
+xadd "$F/orders-create-basic.json" orders/create wh-1
+wait $worker_pid; worker_pid=""
+ok "unknown item: no order" test "$(bc_count $BASIC_DOC)" = 0
+ok "unknown item: BC error code in the ledger" \
+    test "$(ledger $BASIC state)/$(ledger $BASIC error_code)" \
+    = "failed/Application_DialogException"
+ok "unknown item: acknowledged" test "$(pending)" = 0
+
+
+# 6. SIGKILL between BC's commit and the ledger's
+
+reset_all
+post_fault 1 '"action":"commit_then_hold","hold_ms":3000'
+"$worker" 2>>"$work/worker.log" &
+worker_pid=$!
+xadd "$F/orders-create-basic.json" orders/create wh-1
+for _ in $(seq 50); do
+    [ "$(bc_count $BASIC_DOC)" = 1 ] && break
+    sleep 0.1
+done
+kill -9 $worker_pid; wait $worker_pid 2>/dev/null; worker_pid=""
+ok "SIGKILL: entry still pending" test "$(pending)" = 1
+ok "SIGKILL: ledger in doubt" test "$(ledger $BASIC in_doubt)" = t
+drain
+ok "SIGKILL + restart: exactly one order" test "$(bc_count $BASIC_DOC)" = 1
+ok "SIGKILL + restart: found by lookup, acknowledged" \
+    test "$(ledger $BASIC resolved_by)/$(pending)" = "lookup/0"
+
+
+# 7. posted orders leave salesOrders: the lookup finds the invoice
+
+reset_all
+post_fault 1 '"action":"commit_then_hold","hold_ms":3000'
+"$worker" 2>>"$work/worker.log" &
+worker_pid=$!
+xadd "$F/orders-create-basic.json" orders/create wh-1
+for _ in $(seq 50); do
+    [ "$(bc_count $BASIC_DOC)" = 1 ] && break
+    sleep 0.1
+done
+kill -9 $worker_pid; wait $worker_pid 2>/dev/null; worker_pid=""
+sb faults -X DELETE >/dev/null
+oid=$(sb orders | python3 -c 'import json, sys
+print(json.load(sys.stdin)["value"][0]["order"]["id"])')
+sb "companies/$BC365_COMPANY_ID/salesOrders/$oid/post" -X POST >/dev/null
+drain
+ok "posted before recovery: still one document" \
+    test "$(bc_count $BASIC_DOC)" = 1
+ok "posted before recovery: found as an invoice" \
+    test "$(ledger $BASIC bc_document_type)" = salesInvoice
+
+
+# 8. Redis restart under a running worker
+
+reset_all
+"$worker" 2>>"$work/worker.log" &
+worker_pid=$!
+xadd "$F/orders-create-basic.json" orders/create wh-1
+sleep 1.5
+stop_redis
+sleep 1
+start_redis
+xadd "$F/orders-create-discounts.json" orders/create wh-2
+for _ in $(seq 100); do
+    [ "$(bc_count SHOPIFY-6021450011002)" = 1 ] && break
+    sleep 0.1
+done
+ok "redis restart: both orders once" \
+    test "$(bc_count $BASIC_DOC)$(bc_count SHOPIFY-6021450011002)" = 11
+
+
+# 9. PostgreSQL restart while an order is on the wire
+
+reset_all
+kill -TERM $worker_pid; wait $worker_pid; worker_pid=""
+post_fault 1 '"action":"commit_then_hold","hold_ms":2000'
+"$worker" 2>>"$work/worker.log" &
+worker_pid=$!
+sleep 0.5
+xadd "$F/orders-create-basic.json" orders/create wh-1
+sleep 0.5
+# the throwaway cluster of pg_virtualenv: the one on $PGPORT, nothing else
+cluster=$(pg_lsclusters -h | awk -v p="$PGPORT" '$3 == p {print $1" "$2}')
+ok "postgres restart: found the test cluster" test -n "$cluster"
+[ -n "$cluster" ] && pg_ctlcluster $cluster restart -m fast
+for _ in $(seq 150); do
+    [ "$(ledger $BASIC state 2>/dev/null)" = created ] && break
+    sleep 0.1
+done
+ok "postgres restart: exactly one order" test "$(bc_count $BASIC_DOC)" = 1
+ok "postgres restart: recorded" test "$(ledger $BASIC state)" = created
+ok "postgres restart: the worker saw PostgreSQL go away" \
+    test -n "$(grep -e ledger_write_failed -e postgres_error \
+               -e postgres_unavailable "$work/worker.log")"
+
+
+# 10. metrics and health
+
+m=$(curl -s "http://127.0.0.1:$metrics_port/metrics")
+ok "metrics: pushed counter" \
+    test -n "$(echo "$m" | grep '^bc_orders_pushed_total ')"
+ok "metrics: push histogram" \
+    test -n "$(echo "$m" | grep '^bc_order_push_seconds_count ')"
+ok "metrics: entries by topic and outcome" \
+    test -n "$(echo "$m" | grep '^worker_stream_entries_total{topic="orders/')"
+ok "health: 200" test "$(curl -s -o /dev/null -w '%{http_code}' \
+    "http://127.0.0.1:$metrics_port/health")" = 200
+kill -TERM $worker_pid; wait $worker_pid; worker_pid=""
+
+
+# 11. trimming keeps what another group still needs
+
+reset_all
+rc XGROUP CREATE shopify:webhooks audit 0 MKSTREAM >/dev/null
+xadd "$F/orders-create-basic.json" orders/create wh-1
+xadd "$F/products-update.json" products/update wh-2
+TRIM_INTERVAL_MS=200 "$worker" --drain=1000 2>>"$work/worker.log"
+ok "trim: entries another group has not read are kept" \
+    test "$(rc XLEN shopify:webhooks)" = 2
+first=$(rc XRANGE shopify:webhooks - + COUNT 1 | head -1)
+rc XREADGROUP GROUP audit a COUNT 1 STREAMS shopify:webhooks '>' >/dev/null
+rc XACK shopify:webhooks audit "$first" >/dev/null
+TRIM_INTERVAL_MS=200 "$worker" --drain=1000 2>>"$work/worker.log"
+ok "trim: entries every group acknowledged are removed" \
+    test "$(rc XLEN shopify:webhooks)" = 1
+
+
+echo
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
