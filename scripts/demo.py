@@ -39,7 +39,7 @@ def load_env(path):
             line = line.strip()
             if line and not line.startswith("#") and "=" in line:
                 k, v = line.split("=", 1)
-                env[k] = v
+                env[k] = v.strip("'")
     return env
 
 
@@ -133,8 +133,11 @@ def main():
             failures += name in MUST_SUCCEED
             continue
         doc, lines = bc_order(env, token, row[3], row[4])
-        print("%-40s -> BC sales order %s (%s), %d lines, %.2f %s excl. tax"
-              % (shopify_name, row[2], row[7], len(lines),
+        items = sum(1 for l in lines if l.get("lineType") == "Item")
+        other = sum(1 for l in lines if l.get("lineType") == "Account")
+        print("%-40s -> BC sales order %s (%s): %d item + %d shipping "
+              "lines, %.2f %s excl. tax"
+              % (shopify_name, row[2], row[7], items, other,
                  doc.get("totalAmountExcludingTax", 0),
                  doc.get("currencyCode", "")))
 

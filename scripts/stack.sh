@@ -30,6 +30,14 @@ fi
 
 say() { printf 'stack: %s\n' "$*" >&2; }
 
+as_postgres() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        sudo -u postgres "$@"
+    fi
+}
+
 alive() {
     [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
 }
@@ -94,7 +102,7 @@ start_postgres() {
     wait_for postgres pg_isready -q -h 127.0.0.1 -p "$PG_PORT"
 
     # role and database, made once, as the cluster's superuser
-    $SUDO -u postgres psql -q -p "$PG_PORT" -v ON_ERROR_STOP=1 <<EOF
+    as_postgres psql -q -p "$PG_PORT" -v ON_ERROR_STOP=1 <<EOF
 SELECT 'CREATE ROLE shopify_bc LOGIN'
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'shopify_bc')
 \gexec
@@ -189,26 +197,26 @@ start_worker() {
 write_env() {
     cat > "$STACK_DIR/stack.env" <<EOF
 # The local stack's settings (scripts/stack.sh up).  Source this file.
-STACK_DIR=$STACK_DIR
-WEBHOOK_URL=http://127.0.0.1:$NGINX_PORT/webhooks/shopify
-HEALTH_URL=http://127.0.0.1:$NGINX_PORT/health
-SHOPIFY_WEBHOOK_SECRET=$SHOPIFY_WEBHOOK_SECRET
-REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
-STREAM_KEY=shopify:webhooks
-DATABASE_URL=postgresql://shopify_bc:$PG_PASSWORD@127.0.0.1:$PG_PORT/shopify_bc
-SANDBOX_URL=http://127.0.0.1:$SANDBOX_PORT
-BC365_API_BASE=http://127.0.0.1:$SANDBOX_PORT
-BC365_AUTH_BASE=http://127.0.0.1:$SANDBOX_PORT
-BC365_TENANT_ID=$BC365_TENANT_ID
-BC365_ENVIRONMENT=$BC365_ENVIRONMENT
-BC365_CLIENT_ID=$BC365_CLIENT_ID
-BC365_CLIENT_SECRET=$BC365_CLIENT_SECRET
-BC365_COMPANY_ID=$BC365_COMPANY_ID
-BC365_BASE_URL=http://127.0.0.1:$SANDBOX_PORT/v2.0/$BC365_TENANT_ID/$BC365_ENVIRONMENT/api/v2.0/companies($BC365_COMPANY_ID)
-BC365_DEFAULT_CUSTOMER=WEB
-BC365_SHIPPING_ACCOUNT=$BC365_SHIPPING_ACCOUNT
-METRICS_ADDR=127.0.0.1:$METRICS_PORT
-WORKER_METRICS_URL=http://127.0.0.1:$METRICS_PORT/metrics
+STACK_DIR='$STACK_DIR'
+WEBHOOK_URL='http://127.0.0.1:$NGINX_PORT/webhooks/shopify'
+HEALTH_URL='http://127.0.0.1:$NGINX_PORT/health'
+SHOPIFY_WEBHOOK_SECRET='$SHOPIFY_WEBHOOK_SECRET'
+REDIS_URL='redis://127.0.0.1:$REDIS_PORT/0'
+STREAM_KEY='shopify:webhooks'
+DATABASE_URL='postgresql://shopify_bc:$PG_PASSWORD@127.0.0.1:$PG_PORT/shopify_bc'
+SANDBOX_URL='http://127.0.0.1:$SANDBOX_PORT'
+BC365_API_BASE='http://127.0.0.1:$SANDBOX_PORT'
+BC365_AUTH_BASE='http://127.0.0.1:$SANDBOX_PORT'
+BC365_TENANT_ID='$BC365_TENANT_ID'
+BC365_ENVIRONMENT='$BC365_ENVIRONMENT'
+BC365_CLIENT_ID='$BC365_CLIENT_ID'
+BC365_CLIENT_SECRET='$BC365_CLIENT_SECRET'
+BC365_COMPANY_ID='$BC365_COMPANY_ID'
+BC365_BASE_URL='http://127.0.0.1:$SANDBOX_PORT/v2.0/$BC365_TENANT_ID/$BC365_ENVIRONMENT/api/v2.0/companies($BC365_COMPANY_ID)'
+BC365_DEFAULT_CUSTOMER='WEB'
+BC365_SHIPPING_ACCOUNT='$BC365_SHIPPING_ACCOUNT'
+METRICS_ADDR='127.0.0.1:$METRICS_PORT'
+WORKER_METRICS_URL='http://127.0.0.1:$METRICS_PORT/metrics'
 EOF
 }
 
