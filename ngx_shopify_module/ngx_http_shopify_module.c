@@ -217,7 +217,7 @@ static ngx_http_variable_t  ngx_http_shopify_vars[] = {
 static ngx_command_t  ngx_http_shopify_commands[] = {
 
     { ngx_string("shopify_redis"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_shopify_redis,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
@@ -933,6 +933,7 @@ ngx_http_shopify_enqueue_done(ngx_http_request_t *r,
 static void
 ngx_http_shopify_timeout_handler(ngx_event_t *ev)
 {
+    ngx_uint_t                     sent;
     ngx_connection_t              *c;
     ngx_http_request_t            *r;
     ngx_http_shopify_ctx_t        *ctx;
@@ -943,11 +944,15 @@ ngx_http_shopify_timeout_handler(ngx_event_t *ev)
     ctx = ngx_http_get_module_ctx(r, ngx_http_shopify_module);
     smcf = ngx_http_get_module_main_conf(r, ngx_http_shopify_module);
 
+    sent = (ctx->token != NULL);
+
     if (ctx->token) {
         /* the reply may still come; its callback will find no request */
         ctx->token->request = NULL;
         ctx->token = NULL;
     }
+
+    ngx_http_shopify_redis_unwait(ctx);
 
     ngx_log_error(NGX_LOG_WARN, c->log, 0,
                   "shopify webhook: \"%V\" from \"%V\" (id %V) not "
@@ -958,8 +963,10 @@ ngx_http_shopify_timeout_handler(ngx_event_t *ev)
 
     ngx_http_run_posted_requests(c);
 
-    /* later commands queue behind the stuck one: start afresh */
-    ngx_http_shopify_redis_reset(ngx_cycle->log, "reply timed out");
+    if (sent) {
+        /* later commands queue behind the stuck one: start afresh */
+        ngx_http_shopify_redis_reset(ngx_cycle->log, "reply timed out");
+    }
 }
 
 
@@ -967,6 +974,8 @@ static void
 ngx_http_shopify_ctx_cleanup(void *data)
 {
     ngx_http_shopify_ctx_t  *ctx = data;
+
+    ngx_http_shopify_redis_unwait(ctx);
 
     if (ctx->token) {
         ctx->token->request = NULL;
@@ -1488,9 +1497,10 @@ ngx_http_shopify_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_shopify_main_conf_t *smcf = conf;
 
-    u_char     *colon, *next;
-    ngx_int_t   port;
-    ngx_str_t  *value, host;
+    u_char      *colon, *next;
+    ngx_int_t    port, db;
+    ngx_str_t   *value, host, secret;
+    ngx_uint_t   i;
 
     if (smcf->configured) {
         return "is duplicate";
@@ -1498,6 +1508,62 @@ ngx_http_shopify_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
     smcf->addr = value[1];
+
+    /* options after the address: db=N user=NAME password=... */
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "db=", 3) == 0) {
+            db = ngx_atoi(value[i].data + 3, value[i].len - 3);
+            if (db == NGX_ERROR) {
+                goto invalid;
+            }
+
+            if (db > 0) {
+                smcf->db.data = value[i].data + 3;
+                smcf->db.len = value[i].len - 3;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "user=", 5) == 0
+            && value[i].len > 5)
+        {
+            smcf->user.data = value[i].data + 5;
+            smcf->user.len = value[i].len - 5;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "password=", 9) == 0
+            && value[i].len > 9)
+        {
+            secret.data = value[i].data + 9;
+            secret.len = value[i].len - 9;
+
+            /* "password=file=/path" and "password=env=NAME" work too */
+            if (ngx_http_shopify_load_secret(cf, &secret, &secret)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            smcf->password.data = ngx_pnalloc(cf->pool, secret.len);
+            if (smcf->password.data == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            ngx_memcpy(smcf->password.data, secret.data, secret.len);
+            smcf->password.len = secret.len;
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    if (smcf->user.len && smcf->password.len == 0) {
+        return "has \"user=\" without \"password=\"";
+    }
 
     if (value[1].len > 5 && ngx_strncmp(value[1].data, "unix:", 5) == 0) {
         smcf->path.len = value[1].len - 5;
@@ -1572,6 +1638,12 @@ ngx_http_shopify_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     smcf->configured = 1;
 
     return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+    return NGX_CONF_ERROR;
 }
 
 
@@ -1703,8 +1775,7 @@ ngx_http_shopify_load_secret(ngx_conf_t *cf, ngx_str_t *value,
 
         if (p == NULL || *p == '\0') {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "environment variable \"%s\" of "
-                               "\"shopify_webhook_secret\" is not set",
+                               "environment variable \"%s\" is not set",
                                name);
             return NGX_ERROR;
         }
@@ -1772,8 +1843,7 @@ ngx_http_shopify_load_secret(ngx_conf_t *cf, ngx_str_t *value,
     }
 
     if (value->len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"shopify_webhook_secret\" must not be empty");
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "empty secret");
         return NGX_ERROR;
     }
 

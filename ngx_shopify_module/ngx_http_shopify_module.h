@@ -25,6 +25,9 @@ typedef struct {
     ngx_str_t                  host;        /* NUL-terminated IP */
     ngx_str_t                  path;        /* NUL-terminated socket */
     in_port_t                  port;
+    ngx_str_t                  db;          /* SELECT, when not 0 */
+    ngx_str_t                  user;        /* AUTH user (ACL) */
+    ngx_str_t                  password;    /* AUTH password */
     ngx_msec_t                 connect_timeout;
     ngx_msec_t                 timeout;
     ngx_flag_t                 configured;
@@ -85,6 +88,8 @@ typedef enum {
 
 /* per request state of an intake delivery */
 typedef struct {
+    ngx_http_request_t          *request;
+    ngx_queue_t                  queue;     /* while the connection sets up */
     ngx_http_shopify_token_t    *token;     /* pending redis command */
     ngx_event_t                  timeout;   /* redis reply deadline */
     uint64_t                     start;     /* usec, monotonic */
@@ -98,6 +103,7 @@ typedef struct {
     ngx_uint_t                   topic_index;
     ngx_http_shopify_outcome_e   outcome;
     unsigned                     counted:1;
+    unsigned                     waiting:1;
     unsigned                     eval_fallback:1;
 } ngx_http_shopify_ctx_t;
 
@@ -109,6 +115,7 @@ ngx_int_t ngx_http_shopify_redis_init_process(ngx_cycle_t *cycle);
 void ngx_http_shopify_redis_exit_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_shopify_redis_send(ngx_http_request_t *r,
     ngx_http_shopify_ctx_t *ctx);
+void ngx_http_shopify_redis_unwait(ngx_http_shopify_ctx_t *ctx);
 void ngx_http_shopify_redis_reset(ngx_log_t *log, const char *reason);
 const char *ngx_http_shopify_redis_state(void);
 ngx_int_t ngx_http_shopify_redis_script_init(ngx_conf_t *cf);

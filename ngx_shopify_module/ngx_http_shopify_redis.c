@@ -35,6 +35,7 @@ typedef struct {
     ngx_event_t                    reconnect;
     ngx_event_t                    connect_timer;
     ngx_msec_t                     backoff;
+    ngx_queue_t                    waiting;     /* requests held in setup */
     ngx_uint_t                     state;
     ngx_uint_t                     exiting;
     ngx_uint_t                     connected_before;
@@ -53,8 +54,13 @@ static void ngx_http_shopify_redis_on_disconnect(const redisAsyncContext *ac,
     int status);
 static void ngx_http_shopify_redis_script_loaded(redisAsyncContext *ac,
     void *reply, void *privdata);
+static void ngx_http_shopify_redis_setup_done(redisAsyncContext *ac,
+    void *reply, void *privdata);
 static void ngx_http_shopify_redis_reply(redisAsyncContext *ac, void *reply,
     void *privdata);
+static ngx_int_t ngx_http_shopify_redis_command(ngx_http_request_t *r,
+    ngx_http_shopify_ctx_t *ctx);
+static void ngx_http_shopify_redis_release(ngx_uint_t up);
 
 static void ngx_http_shopify_redis_read_handler(ngx_event_t *ev);
 static void ngx_http_shopify_redis_write_handler(ngx_event_t *ev);
@@ -130,6 +136,8 @@ ngx_http_shopify_redis_init_process(ngx_cycle_t *cycle)
     rs->smcf = smcf;
     rs->state = NGX_HTTP_SHOPIFY_REDIS_DOWN;
 
+    ngx_queue_init(&rs->waiting);
+
     rs->reconnect.handler = ngx_http_shopify_redis_reconnect_handler;
     rs->reconnect.log = cycle->log;
     rs->reconnect.data = rs;
@@ -172,6 +180,7 @@ ngx_http_shopify_redis_exit_process(ngx_cycle_t *cycle)
         rs->ac = NULL;
     }
 
+    ngx_http_shopify_redis_release(0);
     ngx_http_shopify_metrics_redis(0, 0);
 }
 
@@ -194,14 +203,16 @@ ngx_http_shopify_redis_state(void)
 
 
 /*
- * Queues the request's command.  NGX_DECLINED means Redis is known to be
- * unreachable right now and the caller should answer at once.
+ * Queues the request's command.  While a new connection is being set up
+ * (AUTH, SELECT, script load) requests wait in a queue of their own, so
+ * that no enqueue can run before the connection is what it must be.
+ * NGX_DECLINED means Redis is known to be unreachable right now and the
+ * caller should answer at once.
  */
 
 ngx_int_t
 ngx_http_shopify_redis_send(ngx_http_request_t *r, ngx_http_shopify_ctx_t *ctx)
 {
-    ngx_http_shopify_token_t  *token;
     ngx_http_shopify_redis_t  *rs;
 
     rs = &ngx_http_shopify_redis;
@@ -209,6 +220,39 @@ ngx_http_shopify_redis_send(ngx_http_request_t *r, ngx_http_shopify_ctx_t *ctx)
     if (rs->ac == NULL || rs->state == NGX_HTTP_SHOPIFY_REDIS_DOWN) {
         return NGX_DECLINED;
     }
+
+    if (rs->state == NGX_HTTP_SHOPIFY_REDIS_CONNECTING) {
+        ctx->request = r;
+        ctx->waiting = 1;
+        ngx_queue_insert_tail(&rs->waiting, &ctx->queue);
+
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "shopify redis command waits for the connection");
+        return NGX_OK;
+    }
+
+    return ngx_http_shopify_redis_command(r, ctx);
+}
+
+
+void
+ngx_http_shopify_redis_unwait(ngx_http_shopify_ctx_t *ctx)
+{
+    if (ctx->waiting) {
+        ngx_queue_remove(&ctx->queue);
+        ctx->waiting = 0;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_shopify_redis_command(ngx_http_request_t *r,
+    ngx_http_shopify_ctx_t *ctx)
+{
+    ngx_http_shopify_token_t  *token;
+    ngx_http_shopify_redis_t  *rs;
+
+    rs = &ngx_http_shopify_redis;
 
     if (ctx->eval_fallback) {
         ctx->argv[0] = "EVAL";
@@ -250,6 +294,45 @@ ngx_http_shopify_redis_send(ngx_http_request_t *r, ngx_http_shopify_ctx_t *ctx)
 
 
 /*
+ * The requests held during set-up go on: sent when the connection is
+ * ready, answered "unavailable" when it failed.
+ */
+
+static void
+ngx_http_shopify_redis_release(ngx_uint_t up)
+{
+    ngx_str_t                  detail;
+    ngx_queue_t               *q;
+    ngx_http_request_t        *r;
+    ngx_http_shopify_ctx_t    *ctx;
+    ngx_http_shopify_redis_t  *rs;
+
+    rs = &ngx_http_shopify_redis;
+
+    if (rs->waiting.next == NULL) {
+        return;
+    }
+
+    while (!ngx_queue_empty(&rs->waiting)) {
+        q = ngx_queue_head(&rs->waiting);
+        ngx_queue_remove(q);
+
+        ctx = ngx_queue_data(q, ngx_http_shopify_ctx_t, queue);
+        ctx->waiting = 0;
+        r = ctx->request;
+
+        if (up && ngx_http_shopify_redis_command(r, ctx) == NGX_OK) {
+            continue;
+        }
+
+        ngx_str_set(&detail, "the redis connection could not be set up");
+        ngx_http_shopify_enqueue_done(r, NGX_HTTP_SHOPIFY_REPLY_FAILED,
+                                      &detail);
+    }
+}
+
+
+/*
  * Drops the connection: every command still waiting for a reply is
  * answered as "unavailable" and a reconnect is scheduled.
  */
@@ -282,6 +365,7 @@ ngx_http_shopify_redis_reset(ngx_log_t *log, const char *reason)
 
     redisAsyncFree(ac);
 
+    ngx_http_shopify_redis_release(0);
     ngx_http_shopify_redis_schedule();
 }
 
@@ -350,6 +434,26 @@ ngx_http_shopify_redis_connect(void)
     redisAsyncSetDisconnectCallback(ac, ngx_http_shopify_redis_on_disconnect);
 
     ngx_add_timer(&rs->connect_timer, smcf->connect_timeout);
+
+    /* pipelined ahead of every enqueue: authenticate, pick the database */
+
+    if (smcf->user.len) {
+        (void) redisAsyncCommand(ac, ngx_http_shopify_redis_setup_done,
+                                 "AUTH", "AUTH %b %b",
+                                 smcf->user.data, smcf->user.len,
+                                 smcf->password.data, smcf->password.len);
+
+    } else if (smcf->password.len) {
+        (void) redisAsyncCommand(ac, ngx_http_shopify_redis_setup_done,
+                                 "AUTH", "AUTH %b",
+                                 smcf->password.data, smcf->password.len);
+    }
+
+    if (smcf->db.len) {
+        (void) redisAsyncCommand(ac, ngx_http_shopify_redis_setup_done,
+                                 "SELECT", "SELECT %b",
+                                 smcf->db.data, smcf->db.len);
+    }
 
     /* a restarted redis has lost its script cache: load it first */
     if (redisAsyncCommand(ac, ngx_http_shopify_redis_script_loaded, NULL,
@@ -443,19 +547,15 @@ ngx_http_shopify_redis_on_connect(const redisAsyncContext *ac, int status)
 
         rs->ac = NULL;
         rs->state = NGX_HTTP_SHOPIFY_REDIS_DOWN;
+        ngx_http_shopify_redis_release(0);
         ngx_http_shopify_redis_schedule();
         return;
     }
 
-    rs->state = NGX_HTTP_SHOPIFY_REDIS_UP;
+    /* up once the set-up commands behind the connect have answered */
 
-    ngx_log_error(NGX_LOG_NOTICE, rs->log, 0,
-                  "shopify: connected to redis \"%V\"", &rs->smcf->addr);
-
-    ngx_http_shopify_metrics_redis(1, rs->connected_before);
-
-    rs->connected_before = 1;
-    rs->backoff = 0;
+    ngx_log_debug0(NGX_LOG_DEBUG_EVENT, rs->log, 0,
+                   "shopify redis connected, setting up");
 }
 
 
@@ -477,6 +577,7 @@ ngx_http_shopify_redis_on_disconnect(const redisAsyncContext *ac, int status)
         rs->state = NGX_HTTP_SHOPIFY_REDIS_DOWN;
 
         ngx_http_shopify_metrics_redis(0, 0);
+        ngx_http_shopify_redis_release(0);
     }
 
     ngx_http_shopify_redis_schedule();
@@ -493,7 +594,10 @@ ngx_http_shopify_redis_script_loaded(redisAsyncContext *ac, void *reply,
     rs = ac->ev.data;
     rr = reply;
 
-    if (rr == NULL) {
+    if (rr == NULL || rs->ac != ac
+        || rs->state != NGX_HTTP_SHOPIFY_REDIS_CONNECTING)
+    {
+        /* the connection is going away, or set-up failed before */
         return;
     }
 
@@ -510,6 +614,57 @@ ngx_http_shopify_redis_script_loaded(redisAsyncContext *ac, void *reply,
                       rr->type == REDIS_REPLY_ERROR ? rr->len : 0,
                       rr->type == REDIS_REPLY_ERROR ? rr->str : "");
     }
+
+    if (rs->connect_timer.timer_set) {
+        ngx_del_timer(&rs->connect_timer);
+    }
+
+    rs->state = NGX_HTTP_SHOPIFY_REDIS_UP;
+
+    ngx_log_error(NGX_LOG_NOTICE, rs->log, 0,
+                  "shopify: connected to redis \"%V\"", &rs->smcf->addr);
+
+    ngx_http_shopify_metrics_redis(1, rs->connected_before);
+
+    rs->connected_before = 1;
+    rs->backoff = 0;
+
+    ngx_http_shopify_redis_release(1);
+}
+
+
+static void
+ngx_http_shopify_redis_setup_done(redisAsyncContext *ac, void *reply,
+    void *privdata)
+{
+    redisReply                *rr;
+    ngx_http_shopify_redis_t  *rs;
+
+    rs = ac->ev.data;
+    rr = reply;
+
+    if (rr == NULL || rr->type != REDIS_REPLY_ERROR || rs->ac != ac) {
+        return;
+    }
+
+    /* no enqueue was sent yet: the held requests get 503 */
+
+    ngx_log_error(NGX_LOG_ERR, rs->log, 0,
+                  "shopify: redis \"%V\" refused %s: %*s",
+                  &rs->smcf->addr, (char *) privdata, rr->len, rr->str);
+
+    rs->ac = NULL;
+    rs->state = NGX_HTTP_SHOPIFY_REDIS_DOWN;
+
+    if (rs->connect_timer.timer_set) {
+        ngx_del_timer(&rs->connect_timer);
+    }
+
+    /* freed by hiredis once this callback returns */
+    redisAsyncFree(ac);
+
+    ngx_http_shopify_redis_release(0);
+    ngx_http_shopify_redis_schedule();
 }
 
 

@@ -169,17 +169,21 @@ sub start_nginx {
     my $secret = $opt{secret} // 'e2e-webhook-secret';
     my $stream = $opt{stream} // die 'stream needed';
     my $timeout = $opt{redis_timeout} // '2s';
+    my $connect_timeout = $opt{redis_connect_timeout} // '1s';
+    my $log_level = $opt{log_level} // 'info';
     my $redis = $opt{redis_port} // redis_port();
+    my $redis_options = $opt{redis_options} // '';
+    my $workers = $opt{workers} // 2;
     my $user = $> == 0 ? 'user root;' : '';
     my $so = "$TOP/build/nginx/ngx_http_shopify_module.so";
     open my $fh, '>', "$dir/conf/nginx.conf" or die $!;
     print $fh <<"CONF";
 load_module $so;
 $user
-worker_processes 2;
+worker_processes $workers;
 daemon on;
 pid $dir/logs/nginx.pid;
-error_log $dir/logs/error.log info;
+error_log $dir/logs/error.log $log_level;
 events { worker_connections 256; }
 http {
     access_log $dir/logs/access.log;
@@ -188,8 +192,9 @@ http {
     fastcgi_temp_path $dir/tmp/fastcgi;
     uwsgi_temp_path $dir/tmp/uwsgi;
     scgi_temp_path $dir/tmp/scgi;
-    shopify_redis 127.0.0.1:$redis;
+    shopify_redis 127.0.0.1:$redis $redis_options;
     shopify_redis_timeout $timeout;
+    shopify_redis_connect_timeout $connect_timeout;
     server {
         listen 127.0.0.1:$port;
         client_body_buffer_size 512k;
