@@ -548,3 +548,43 @@ GET /health
 {"status":"ok","redis":"up"}
 --- no_error_log
 [error]
+
+
+
+=== TEST 28: the client hangs up while the Redis reply is pending
+Redis is paused for writes, the client gives up after 200 ms; when the
+reply comes the request is long gone, and nothing breaks.
+--- http_config
+shopify_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+shopify_redis_timeout 3s;
+--- init
+select undef, undef, undef, 0.3;
+system("redis-cli -p $ENV{TEST_NGINX_REDIS_PORT} client pause 800 write"
+       . " >/dev/null") == 0 or die "cannot pause redis";
+--- request eval
+"POST /webhooks/shopify\n" . $::BASIC
+--- more_headers eval
+::delivery($::BASIC, 28)
+--- timeout: 200ms
+--- abort
+--- ignore_response
+--- wait: 1.2
+--- error_log
+client prematurely closed connection
+--- no_error_log
+[alert]
+[error]
+exited on signal
+
+
+
+=== TEST 29: a retry of that delivery finds it enqueued
+--- request eval
+"POST /webhooks/shopify\n" . $::BASIC
+--- more_headers eval
+::delivery($::BASIC, 28)
+--- error_code: 200
+--- response_body
+{"status":"duplicate"}
+--- no_error_log
+[error]
