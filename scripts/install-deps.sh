@@ -15,7 +15,9 @@ PACKAGES=(
     # tests and sandbox
     python3 perl libtest-base-perl libwww-perl libtext-diff-perl
     libipc-run-perl liblist-moreutils-perl libtest-longstring-perl
-    curl procps
+    curl procps openssl
+    # benchmark
+    wrk
 )
 
 missing=()
