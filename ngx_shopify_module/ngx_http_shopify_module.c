@@ -328,7 +328,6 @@ ngx_module_t  ngx_http_shopify_module = {
 };
 
 
-static EVP_MAC  *ngx_http_shopify_hmac;
 
 
 static ngx_int_t
@@ -500,9 +499,28 @@ ngx_http_shopify_body_handler(ngx_http_request_t *r)
         }
     }
 
+    if (body.len == 0) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "shopify webhook: empty body");
+
+        ngx_http_shopify_finish(r, NGX_HTTP_SHOPIFY_BAD_REQUEST);
+        return;
+    }
+
     ctx->topic = h[NGX_HTTP_SHOPIFY_H_TOPIC];
-    ctx->shop = h[NGX_HTTP_SHOPIFY_H_SHOP];
     ctx->webhook_id = h[NGX_HTTP_SHOPIFY_H_WEBHOOK_ID];
+
+    /* host names are case-insensitive: one shop, one spelling */
+    ctx->shop.len = h[NGX_HTTP_SHOPIFY_H_SHOP].len;
+    ctx->shop.data = ngx_pnalloc(r->pool, ctx->shop.len);
+    if (ctx->shop.data == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_strlow(ctx->shop.data, h[NGX_HTTP_SHOPIFY_H_SHOP].data,
+               ctx->shop.len);
+    h[NGX_HTTP_SHOPIFY_H_SHOP] = ctx->shop;
 
     if (!ngx_http_shopify_topic_allowed(slcf, ctx)) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
@@ -880,6 +898,7 @@ ngx_http_shopify_enqueue_done(ngx_http_request_t *r,
 
     case NGX_HTTP_SHOPIFY_REPLY_ENQUEUED:
     case NGX_HTTP_SHOPIFY_REPLY_DUPLICATE:
+    case NGX_HTTP_SHOPIFY_REPLY_DUPLICATE_EVENT:
 
         ngx_http_shopify_metrics_latency(ngx_http_shopify_usec()
                                          - ctx->start);
@@ -898,8 +917,10 @@ ngx_http_shopify_enqueue_done(ngx_http_request_t *r,
 
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
                       "shopify webhook: duplicate delivery %V of \"%V\" "
-                      "from \"%V\", first enqueued as %V", &ctx->webhook_id,
-                      &ctx->topic, &ctx->shop, detail);
+                      "from \"%V\" (same %s), first enqueued as %V",
+                      &ctx->webhook_id, &ctx->topic, &ctx->shop,
+                      reply == NGX_HTTP_SHOPIFY_REPLY_DUPLICATE
+                      ? "webhook id" : "event id", detail);
 
         ngx_http_shopify_finish(r, NGX_HTTP_SHOPIFY_DUPLICATE);
         break;
@@ -1463,6 +1484,12 @@ ngx_http_shopify_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    if (conf->stream.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"shopify_webhook_stream\" must not be empty");
+        return NGX_CONF_ERROR;
+    }
+
     smcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_shopify_module);
 
     if (!smcf->configured) {
@@ -1676,6 +1703,7 @@ ngx_http_shopify_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_shopify_loc_conf_t *slcf = conf;
 
+    EVP_MAC                    *hmac;
     ngx_str_t                  *value, key;
     OSSL_PARAM                  params[2];
     ngx_pool_cleanup_t         *cln;
@@ -1699,21 +1727,23 @@ ngx_http_shopify_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is given too many times";
     }
 
-    if (ngx_http_shopify_hmac == NULL) {
-        ngx_http_shopify_hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-        if (ngx_http_shopify_hmac == NULL) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "OpenSSL offers no HMAC implementation");
-            return NGX_CONF_ERROR;
-        }
+    hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    if (hmac == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "OpenSSL offers no HMAC implementation");
+        return NGX_CONF_ERROR;
     }
 
     secret = ngx_array_push(slcf->secrets);
     if (secret == NULL) {
+        EVP_MAC_free(hmac);
         return NGX_CONF_ERROR;
     }
 
-    secret->mac = EVP_MAC_CTX_new(ngx_http_shopify_hmac);
+    /* the context keeps its own reference to the algorithm */
+    secret->mac = EVP_MAC_CTX_new(hmac);
+    EVP_MAC_free(hmac);
+
     if (secret->mac == NULL) {
         return NGX_CONF_ERROR;
     }

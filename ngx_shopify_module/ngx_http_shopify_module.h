@@ -58,6 +58,7 @@ struct ngx_http_shopify_token_s {
 typedef enum {
     NGX_HTTP_SHOPIFY_REPLY_ENQUEUED = 0,
     NGX_HTTP_SHOPIFY_REPLY_DUPLICATE,
+    NGX_HTTP_SHOPIFY_REPLY_DUPLICATE_EVENT,
     NGX_HTTP_SHOPIFY_REPLY_NOSCRIPT,
     NGX_HTTP_SHOPIFY_REPLY_FAILED
 } ngx_http_shopify_reply_e;

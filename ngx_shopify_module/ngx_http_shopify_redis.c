@@ -75,12 +75,13 @@ static void ngx_http_shopify_redis_cleanup(void *data);
  * The check for an earlier delivery and the enqueue are one atomic step:
  * KEYS[1] is the stream, KEYS[2..] the dedupe keys, ARGV[1] their ttl in
  * seconds, ARGV[2..] the entry's field/value pairs.  The answer is
- * {1, new entry id} or {0, id of the entry that first carried the key}.
+ * {1, new entry id}, or {0, id of the entry that first carried the key,
+ * which key: 1 the webhook id, 2 the event id}.
  */
 static ngx_str_t  ngx_http_shopify_script = ngx_string(
     "for i = 2, #KEYS do "
     "local seen = redis.call('GET', KEYS[i]) "
-    "if seen then return {0, seen} end "
+    "if seen then return {0, seen, i - 1} end "
     "end "
     "local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2)) "
     "for i = 2, #KEYS do "
@@ -157,6 +158,7 @@ ngx_http_shopify_redis_init_process(ngx_cycle_t *cycle)
 void
 ngx_http_shopify_redis_exit_process(ngx_cycle_t *cycle)
 {
+    redisAsyncContext         *ac;
     ngx_http_shopify_redis_t  *rs;
 
     rs = &ngx_http_shopify_redis;
@@ -176,8 +178,10 @@ ngx_http_shopify_redis_exit_process(ngx_cycle_t *cycle)
     }
 
     if (rs->ac) {
-        redisAsyncFree(rs->ac);
+        /* cleared first: the disconnect callback must not see a loss */
+        ac = rs->ac;
         rs->ac = NULL;
+        redisAsyncFree(ac);
     }
 
     ngx_http_shopify_redis_release(0);
@@ -703,12 +707,23 @@ ngx_http_shopify_redis_reply(redisAsyncContext *ac, void *reply,
         detail.len = rr->len;
 
     } else if (rr->type == REDIS_REPLY_ARRAY
-               && rr->elements == 2
+               && rr->elements >= 2
                && rr->element[0]->type == REDIS_REPLY_INTEGER
                && rr->element[1]->type == REDIS_REPLY_STRING)
     {
-        outcome = rr->element[0]->integer ? NGX_HTTP_SHOPIFY_REPLY_ENQUEUED
-                                          : NGX_HTTP_SHOPIFY_REPLY_DUPLICATE;
+        if (rr->element[0]->integer) {
+            outcome = NGX_HTTP_SHOPIFY_REPLY_ENQUEUED;
+
+        } else if (rr->elements == 3
+                   && rr->element[2]->type == REDIS_REPLY_INTEGER
+                   && rr->element[2]->integer == 2)
+        {
+            outcome = NGX_HTTP_SHOPIFY_REPLY_DUPLICATE_EVENT;
+
+        } else {
+            outcome = NGX_HTTP_SHOPIFY_REPLY_DUPLICATE;
+        }
+
         detail.data = (u_char *) rr->element[1]->str;
         detail.len = rr->element[1]->len;
 

@@ -64,6 +64,7 @@ CONF
 });
 
 no_long_string();
+no_shuffle();
 run_tests();
 
 __DATA__
@@ -105,7 +106,7 @@ __DATA__
 --- response_body
 {"status":"duplicate"}
 --- error_log eval
-qr/duplicate delivery t010-\w+-2 of "orders\/create" from "acme-demo.myshopify.com", first enqueued as \d+-\d+/
+qr/duplicate delivery t010-\w+-2 of "orders\/create" from "acme-demo.myshopify.com" \(same webhook id\), first enqueued as \d+-\d+/
 --- no_error_log
 [error]
 
@@ -282,6 +283,45 @@ malformed X-Shopify-Webhook-Id header
 
 
 
+=== TEST 13b: a repeated topic header: 400
+--- request eval
+"POST /webhooks/shopify\n" . $::BASIC
+--- more_headers eval
+::delivery($::BASIC, '13b') . "X-Shopify-Topic: orders/updated\n"
+--- error_code: 400
+--- error_log
+repeated X-Shopify-Topic header
+--- no_error_log
+[error]
+
+
+
+=== TEST 13c: a malformed topic or API version: 400
+--- request eval
+["POST /webhooks/shopify\n" . $::BASIC, "POST /webhooks/shopify\n" . $::BASIC]
+--- more_headers eval
+[::delivery($::BASIC, '13c', 'X-Shopify-Topic' => 'Orders/Create'),
+ ::delivery($::BASIC, '13d', 'X-Shopify-API-Version' => '2024 04')]
+--- error_code eval
+[400, 400]
+--- no_error_log
+[error]
+
+
+
+=== TEST 13e: a signed but empty body: 400
+--- request
+POST /webhooks/shopify
+--- more_headers eval
+::delivery('', '13e') . "Content-Length: 0\n"
+--- error_code: 400
+--- error_log
+shopify webhook: empty body
+--- no_error_log
+[error]
+
+
+
 === TEST 14: GET is not allowed: 405 with Allow
 --- request
 GET /webhooks/shopify
@@ -290,6 +330,19 @@ GET /webhooks/shopify
 Allow: POST
 --- response_body
 {"error":"method not allowed"}
+--- no_error_log
+[error]
+
+
+
+=== TEST 14b: PUT is not allowed either, and its body is discarded
+--- request eval
+"PUT /webhooks/shopify\n" . $::BASIC
+--- more_headers eval
+::delivery($::BASIC, '14b')
+--- error_code: 405
+--- response_headers
+Allow: POST
 --- no_error_log
 [error]
 

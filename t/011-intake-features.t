@@ -132,8 +132,8 @@ location = /webhooks/shopify {
 
 
 === TEST 5: one event delivered to two subscriptions is enqueued once
-Same shop, topic and event id under two webhook ids; the same event id
-under another topic is a different event.
+Same shop (in any letter case), topic and event id under two webhook ids;
+the same event id under another topic is a different event.
 --- config
 location = /webhooks/shopify {
     shopify_webhook;
@@ -144,7 +144,8 @@ location = /webhooks/shopify {
 [::post(), ::post(), ::post()]
 --- more_headers eval
 [::delivery('5a', 'X-Shopify-Event-Id' => "ev-$::RUN-5"),
- ::delivery('5b', 'X-Shopify-Event-Id' => "ev-$::RUN-5"),
+ ::delivery('5b', 'X-Shopify-Event-Id' => "ev-$::RUN-5",
+            'X-Shopify-Shop-Domain' => 'ACME-Demo.MyShopify.com'),
  ::delivery('5c', 'X-Shopify-Event-Id' => "ev-$::RUN-5",
             'X-Shopify-Topic' => 'orders/updated')]
 --- error_code eval
@@ -152,6 +153,27 @@ location = /webhooks/shopify {
 --- response_body eval
 ["{\"status\":\"accepted\"}\n", "{\"status\":\"duplicate\"}\n",
  "{\"status\":\"accepted\"}\n"]
+--- no_error_log
+[error]
+
+
+
+=== TEST 5b: a duplicate by event id says so
+--- config
+location = /webhooks/shopify {
+    shopify_webhook;
+    shopify_webhook_secret fixture-webhook-secret-not-a-real-key;
+    shopify_webhook_stream t:011:webhooks;
+}
+--- request eval
+::post()
+--- more_headers eval
+::delivery('5d', 'X-Shopify-Event-Id' => "ev-$::RUN-5")
+--- error_code: 200
+--- response_body
+{"status":"duplicate"}
+--- error_log eval
+qr/duplicate delivery t011-\w+-5d of "orders\/create" from "acme-demo.myshopify.com" \(same event id\)/
 --- no_error_log
 [error]
 

@@ -110,7 +110,7 @@ for my $name (qw(orders-create-basic.json orders-create-unicode.json
     my $ng = start_nginx(stream => $key, redis_port => $port,
                          redis_timeout => '500ms');
     my $body = fixture('orders-create-guest-pos.json');
-    my ($senders, $each) = (4, 60);
+    my ($senders, $each) = (4, 100);
 
     pipe my $r, my $w or die $!;
     my @pids;
@@ -134,7 +134,9 @@ for my $name (qw(orders-create-basic.json orders-create-unicode.json
     }
     close $w;
 
-    sleep 0.5;
+    # kill while the senders are busy
+    wait_until('deliveries under way', 20,
+               sub { ($cli->("XLEN $key") || 0) >= 40 });
     my $pid = `cat $dir/redis.pid`;
     chomp $pid;
     kill 'KILL', $pid;                 # no shutdown, no last fsync

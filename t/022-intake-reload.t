@@ -79,6 +79,8 @@ my $log = do { local (@ARGV, $/) = $ng->{error_log}; <> };
 my $reloads = () = $log =~ /signal 1 \(SIGHUP\) received/g;
 is $reloads, 3, 'the three reloads happened';
 unlike $log, qr/\[alert\]/, 'no [alert] in the error log';
+unlike $log, qr/\[error\]/, 'no [error] either (a retiring worker loses '
+    . 'no connection)';
 unlike $log, qr/\[crit\]|exited on signal/, 'no crash';
 
 done_testing();
