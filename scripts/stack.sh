@@ -136,6 +136,7 @@ start_nginx() {
         user_line="user www-data;"
         chown www-data "$STACK_DIR/nginx/tmp"
     fi
+    ( umask 077; : > "$STACK_DIR/nginx/conf/nginx.conf" )
     cat > "$STACK_DIR/nginx/conf/nginx.conf" <<EOF
 load_module $top/build/nginx/ngx_http_shopify_module.so;
 $user_line
@@ -195,6 +196,8 @@ start_worker() {
 }
 
 write_env() {
+    # it holds the stack's secrets: readable by its owner only
+    ( umask 077; : > "$STACK_DIR/stack.env" )
     cat > "$STACK_DIR/stack.env" <<EOF
 # The local stack's settings (scripts/stack.sh up).  Source this file.
 STACK_DIR='$STACK_DIR'
