@@ -2,6 +2,8 @@
 #
 #   make          build the nginx module and the worker
 #   make test     install what is missing, then run every suite
+#   make valgrind the module's suites with nginx under valgrind's memcheck
+#                 (several minutes; see t/README.md)
 #   make demo     install what is missing, bring the stack up, deliver the
 #                 fixture orders and show the BC sales orders they became
 #   make up/down  start/stop the local stack in the background
@@ -12,7 +14,13 @@ WORKER_BIN := worker/build/shopify-bc-worker
 
 MODULE_SRCS := $(wildcard ngx_shopify_module/*.c ngx_shopify_module/*.h) config
 
-.PHONY: all module worker deps test unit demo up down clean lint
+# the suites that drive the module, run by `make valgrind`
+VALGRIND_TESTS ?= t/010-webhook.t t/011-intake-features.t \
+                  t/012-intake-workers.t t/020-intake-redis.t \
+                  t/021-intake-redis-auth.t t/022-intake-reload.t
+
+.PHONY: all module worker deps test unit demo up down clean lint bench \
+        valgrind
 
 all: module worker
 
@@ -37,9 +45,17 @@ test: deps
 	$(MAKE) all
 	scripts/test.sh
 
+valgrind: deps
+	$(MAKE) all
+	TEST_NGINX_USE_VALGRIND=1 scripts/test.sh $(VALGRIND_TESTS)
+
 demo: deps
 	$(MAKE) all
 	scripts/demo.sh
+
+bench: deps
+	$(MAKE) all
+	bench/intake.sh
 
 up: deps
 	$(MAKE) all

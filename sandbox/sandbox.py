@@ -89,7 +89,11 @@ def code_upper(s):
 
 
 def plain(o):
-    """Internal value -> JSON-ready value (Decimals become JSON numbers)."""
+    """Control API input -> plain Python numbers (ints and floats).
+
+    Only for the sandbox's own settings (latencies, limits, statuses), never
+    for money: answers are written by json_dumps, which keeps Decimals exact.
+    """
     if isinstance(o, Decimal):
         if o == o.to_integral_value():
             return int(o)
@@ -99,6 +103,53 @@ def plain(o):
     if isinstance(o, list):
         return [plain(v) for v in o]
     return o
+
+
+def decimal_text(d):
+    """A Decimal as an exact JSON number, written the way BC's API examples
+    show amounts and quantities: no exponent and no trailing zeros
+    (1397.3, 12, 0, 999999999999999.99)."""
+    if not d.is_finite():
+        raise ValueError("not a finite decimal: %s" % d)
+    t = format(d, "f")
+    if "." in t:
+        t = t.rstrip("0").rstrip(".")
+    return "0" if t in ("-0", "") else t
+
+
+_encode_str = json.encoder.encode_basestring
+
+
+def _json_parts(o, out):
+    # str, int, bool and None as the json module writes them; Decimals as
+    # exact numbers; keys starting with "_" (internal state) left out
+    if isinstance(o, str):
+        out.append(_encode_str(o))
+    elif isinstance(o, Decimal):
+        out.append(decimal_text(o))
+    elif isinstance(o, dict):
+        out.append("{")
+        first = True
+        for k, v in o.items():
+            if k.startswith("_"):
+                continue
+            if not first:
+                out.append(",")
+            first = False
+            out.append(_encode_str(k))
+            out.append(":")
+            _json_parts(v, out)
+        out.append("}")
+    elif isinstance(o, (list, tuple)):
+        out.append("[")
+        for i, v in enumerate(o):
+            if i:
+                out.append(",")
+            _json_parts(v, out)
+        out.append("]")
+    else:
+        # int, bool, None; floats are only timings and control settings
+        out.append(json.dumps(o))
 
 
 def to_dec(v):
@@ -112,7 +163,9 @@ def to_dec(v):
 
 
 def json_dumps(o):
-    return json.dumps(plain(o), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    out = []
+    _json_parts(o, out)
+    return "".join(out).encode("utf-8")
 
 
 # persisted state keeps Decimals as {"$dec": "..."}
@@ -374,6 +427,8 @@ def coerce(name, kind, maxlen, value):
     if kind in ("decimal", "int"):
         try:
             d = to_dec(value)
+            if not d.is_finite():
+                raise ValueError("not finite")
         except (ValueError, InvalidOperation):
             raise ApiError(400, "BadRequest", "Cannot convert a primitive value to the expected type 'Edm.%s'. "
                            "See the inner exception for more details." % EDM[kind])
@@ -1136,7 +1191,7 @@ class Sandbox:
 
     def load_state(self):
         with open(self.state_file, encoding="utf-8") as f:
-            d = json.load(f, object_hook=_state_hook)
+            d = json.load(f, object_hook=_state_hook, parse_float=Decimal)
         for cid, cd in d.get("companies", {}).items():
             if cid in self.companies:
                 self.companies[cid].restore(cd)

@@ -15,7 +15,7 @@ PACKAGES=(
     # tests and sandbox
     python3 perl libtest-base-perl libwww-perl libtext-diff-perl
     libipc-run-perl liblist-moreutils-perl libtest-longstring-perl
-    curl procps openssl
+    curl procps openssl valgrind
     # benchmark
     wrk
 )

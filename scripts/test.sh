@@ -11,7 +11,14 @@ cd "$top"
 
 export TEST_NGINX_BINARY=${TEST_NGINX_BINARY:-/usr/sbin/nginx}
 export TEST_NGINX_LOAD_MODULES="$top/build/nginx/ngx_http_shopify_module.so"
-export TEST_NGINX_REDIS_PORT=${TEST_NGINX_REDIS_PORT:-6391}
+# a free port unless one is given: never someone else's Redis
+if [ -z "${TEST_NGINX_REDIS_PORT:-}" ]; then
+    TEST_NGINX_REDIS_PORT=$(python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')
+fi
+export TEST_NGINX_REDIS_PORT
 export SHOPIFY_BC_TOP="$top"
 
 tmp=$(mktemp -d /tmp/shopify-bc-test.XXXXXX)
@@ -36,6 +43,11 @@ for _ in $(seq 50); do
     redis-cli -p "$TEST_NGINX_REDIS_PORT" ping >/dev/null 2>&1 && break
     sleep 0.1
 done
+
+if [ "$(cat "$tmp/redis.pid" 2>/dev/null)" = "" ]; then
+    echo "test: redis-server did not start on port $TEST_NGINX_REDIS_PORT" >&2
+    exit 1
+fi
 
 if [ $# -eq 0 ]; then
     set -- -r t

@@ -42,11 +42,15 @@ my $body = fixture('orders-create-basic.json');
 }
 
 # deliveries that arrive while the connection is still being set up
-# wait for it, and run only once AUTH and SELECT have succeeded
+# wait for it, and run only once AUTH and SELECT have succeeded.  Under
+# valgrind nginx needs longer to start than the pause lasts: the pause
+# and the timeouts stretch with slowdown() (1 otherwise).
 {
-    redis('CLIENT', 'PAUSE', 1200, 'ALL');
+    my $slow = slowdown();
+    redis('CLIENT', 'PAUSE', 1200 * $slow, 'ALL');
     my $ng = start_nginx(stream => $stream, workers => 1, log_level => 'debug',
-        redis_connect_timeout => '3s', redis_timeout => '3s',
+        redis_connect_timeout => 3 * $slow . 's',
+        redis_timeout => 3 * $slow . 's',
         redis_options => "db=3 user=$user password=$password");
     is deliver($ng, $body, 'X-Shopify-Webhook-Id' => "$run-3"), 200,
         'a delivery during set-up is accepted once Redis is ready';

@@ -342,6 +342,41 @@ subtest 'unknown item, customer, account: error and nothing created' => sub {
     is(n_orders(), $before, 'nothing created by any of them');
 };
 
+# the number texts given to a key in a JSON text, in order
+sub raw_numbers {
+    my ($text, $key) = @_;
+    return [ $text =~ /"\Q$key\E":(-?[0-9][0-9.eE+-]*)/g ];
+}
+
+subtest 'money is exact decimal: large amounts are not rounded' => sub {
+    # written by hand: Perl would turn the amounts into doubles
+    my $body = '{"customerNumber":"10000","externalDocumentNumber":"BIG-1",'
+        . '"salesOrderLines":[{"lineType":"Account","lineObjectNumber":"40400",'
+        . '"quantity":3,"unitPrice":333333333333333.33,"discountAmount":0.01},'
+        . '{"lineType":"Account","lineObjectNumber":"40400","quantity":1,'
+        . '"unitPrice":0.01}]}';
+    my ($st, $j, $r) = bc('POST', $SO, body => $body,
+                          query => {'$expand' => 'salesOrderLines'});
+    is($st, 201, 'created');
+    my $id = $j->{id};
+    my $c = $r->{content};
+    is_deeply(raw_numbers($c, 'unitPrice'), ['333333333333333.33', '0.01'],
+              'unit prices exact');
+    is_deeply(raw_numbers($c, 'amountExcludingTax'),
+              ['999999999999999.98', '0.01'], 'line amounts exact');
+    is_deeply(raw_numbers($c, 'totalAmountExcludingTax'),
+              ['999999999999999.99'], 'order total exact');
+    is_deeply(raw_numbers($c, 'quantity'), ['3', '1'], 'quantities as given');
+    ($st, $j, $r) = bc('GET', "$SO($id)");
+    is_deeply(raw_numbers($r->{content}, 'totalAmountIncludingTax'),
+              ['999999999999999.99'], 'exact when read back');
+    ($st, $j, $r) = bc('GET', "companies($USD)/items", query => {'$filter' => "number eq '1896-S'"});
+    # as in BC's API reference examples ("unitPrice": 1397.3)
+    is_deeply(raw_numbers($r->{content}, 'unitPrice'), ['1000.8'], 'item price 1000.8');
+    ($st) = bc('DELETE', "$SO($id)");
+    is($st, 204, 'deleted again');
+};
+
 subtest 'externalDocumentNumber is not unique' => sub {
     my ($st1, $a) = bc('POST', $SO, body => basic_order(externalDocumentNumber => 'DUP-1'));
     my ($st2, $b) = bc('POST', $SO, body => basic_order(externalDocumentNumber => 'DUP-1'));

@@ -107,6 +107,46 @@ for my $name (sort keys %compare, 'orders-create-long-name.json') {
     }
 }
 
+# impossible amounts are refused, never booked
+{
+    my $basic = fixture('orders-create-basic.json');
+    my $id = 7100000000000 + ($$ % 1000) * 1000;
+    my %bad = (
+        'negative price' => sub { s/"price":"1000.80"/"price":"-1000.80"/ },
+        'huge quantity' =>
+            sub { s/"quantity":2,/"quantity":9223372036854775807,/ },
+    );
+    my %case;
+    for my $what (sort keys %bad) {
+        (my $body = $basic) =~ s/^\{"id":\d+,/{"id":${\ ++$id},/ or die;
+        local $_ = $body;
+        $bad{$what}->() or die "fixture changed: $what";
+        $case{$what} = $id;
+        is deliver($nginx, $_, 'X-Shopify-Webhook-Id' => "$run-$id"), 200,
+            "$what: delivered";
+    }
+    my $list = join ',', values %case;
+    my %row;
+    wait_until('the impossible orders settled', 60, sub {
+        %row = map { $_->[0] => $_ } psql($db,
+            "SELECT shopify_order_id, state, coalesce(error_code, ''),"
+            . " coalesce(error_message, '') FROM bc_order_ledger"
+            . " WHERE shopify_order_id IN ($list) AND state <> 'new'"
+            . " AND state <> 'attempting'");
+        keys %row == keys %case;
+    });
+    my %orders = map { $_->{order}{externalDocumentNumber} => 1 }
+                 @{ sandbox_orders() };
+    for my $what (sort keys %case) {
+        my $row = $row{ $case{$what} };
+        is "$row->[1]/$row->[2]", 'failed/Mapping_InvalidOrder',
+            "$what: refused by the mapping";
+        like $row->[3], qr/^line 1 "ATHENS Desk"/,
+            "$what: the reason names the line: $row->[3]";
+        ok !$orders{"SHOPIFY-$case{$what}"}, "$what: no BC order";
+    }
+}
+
 is scalar(@bc), scalar(grep { $_->[1] eq 'created' } values %ledger),
     'BC holds no order the ledger does not know';
 

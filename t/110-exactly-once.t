@@ -1,6 +1,8 @@
-# Exactly once under duplicates, uncertain outcomes, a worker killed at
-# the worst moment, and BC throttling: each Shopify order ends as one BC
-# sales order.  Each case uses the basic order under its own order id.
+# Exactly once under duplicates, deliveries naming other shops, uncertain
+# outcomes, a worker killed at the worst moment, and BC throttling: each
+# Shopify order ends as one BC sales order.  Each case uses the basic
+# order under its own order id.  First, two checks of the harness:
+# start_worker waits for the ledger, and a failing file shows its logs.
 
 use strict;
 use warnings;
@@ -21,7 +23,46 @@ my $db = create_database('e2e_exactly_once');
 my $nginx = start_nginx(stream => $stream);
 my %wopt = (database => $db, stream => $stream, company => $COMPANY,
             shipping_account => $SHIPPING, name => 'worker-a');
+
+# start_worker returns once the worker has migrated the ledger, even when
+# the migration is held back: a session holds the migration's advisory
+# lock (worker/src/ledger.c, SBW_MIGRATE_LOCK) for two seconds.
+my $holder = fork // die "fork: $!";
+if ($holder == 0) {
+    exec 'psql', '-X', '-q', '-d', $db, '-c',
+        'SELECT pg_advisory_lock(7426337), pg_sleep(2)';
+    die "exec psql: $!";
+}
+wait_until('migration lock held', 10, sub {
+    (psql($db, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+               . " AND objid = 7426337 AND granted"))[0][0];
+});
 my $worker = start_worker(%wopt);
+my ($has_ledger) = psql($db, "SELECT to_regclass('bc_order_ledger')"
+                             . " IS NOT NULL");
+is $has_ledger->[0], 't', 'start_worker waited for the migration';
+waitpid $holder, 0;
+
+# a worker that cannot start: start_worker says so and shows its log, and
+# a failing test file prints the tail of every log it kept
+{
+    my $out = `$^X -It/lib -MTest::More -MShopifyBC::Test -e '
+        start_sandbox();
+        eval { start_worker(database => "postgresql://", stream => "x",
+                            name => "no-company",
+                            shipping_account => "40400") };
+        print STDERR "start_worker: \$@";
+        ok(0, "forced failure");
+        done_testing();' 2>&1`;
+    my $exited = 'worker exited with status 2 before it was ready';
+    like $out, qr/start_worker: $exited.*config_invalid/s,
+        'start_worker reports a worker that exits, with its log';
+    my $shown = qr/last \d+ lines? of \S+/;
+    like $out, qr/$shown\/worker-no-company\.log:\n# \{[^\n]*config_inv/,
+        'a failing file prints the worker log';
+    like $out, qr/$shown\/sandbox-\d+\.log:\n# sandbox: listening/,
+        'a failing file prints the sandbox log';
+}
 
 my $BASIC = fixture('orders-create-basic.json');
 my $next_id = 7000000000000 + ($$ % 1000) * 1000;
@@ -56,6 +97,52 @@ sub bc_copies {
 }
 
 sub webhook { "$run-" . join '-', @_ }
+
+# the worker's log lines about one order
+sub order_log {
+    my ($id) = @_;
+    open my $fh, '<', $worker->{log} or die "$worker->{log}: $!";
+    my @lines;
+    while (my $line = <$fh>) {
+        my $j = eval { json()->decode($line) } or next;
+        push @lines, $j if ($j->{order} // '') eq $id;
+    }
+    return @lines;
+}
+
+# --- one order id under other spellings of the shop, and another shop ---
+# X-Shopify-Shop-Domain is not covered by the HMAC, and Shopify order ids
+# are unique across shops: the order id alone is the order's identity.
+{
+    my ($id, $body) = order_body();
+    is deliver($nginx, $body, 'X-Shopify-Webhook-Id' => webhook($id)), 200,
+        'delivered by acme-demo';
+    settled($id);
+    my @shops = ('ACME-DEMO.MYSHOPIFY.COM', 'Acme-Demo.myshopify.com',
+                 'attacker-replay.myshopify.com');
+    for my $shop (@shops) {
+        is deliver($nginx, $body, 'X-Shopify-Shop-Domain' => $shop,
+                   'X-Shopify-Webhook-Id' => webhook($id, $shop)), 200,
+            "delivered again as $shop";
+    }
+    wait_until('an outcome for every delivery', 30, sub {
+        4 <= grep { $_->{event} =~ /^order_(created|duplicate|failed)/ }
+            order_log($id);
+    });
+    my @rows = psql($db, "SELECT shop, state, attempts FROM bc_order_ledger"
+                         . " WHERE shopify_order_id = $id");
+    is scalar(@rows), 1, 'other shops: one ledger row';
+    is_deeply $rows[0], ['acme-demo.myshopify.com', 'created', 1],
+        'other shops: the first shop, created, one attempt';
+    is bc_copies("SHOPIFY-$id"), 1, 'other shops: one BC order';
+    my @dup = grep { $_->{event} eq 'order_duplicate' } order_log($id);
+    is scalar(@dup), 3, 'other shops: three duplicates';
+    my @warn = grep { $_->{event} eq 'order_shop_mismatch' } order_log($id);
+    is scalar(@warn), 1, 'other shops: one order_shop_mismatch line';
+    is_deeply [map { @$_{qw(level shop ledger_shop)} } @warn],
+        ['warn', 'attacker-replay.myshopify.com', 'acme-demo.myshopify.com'],
+        'order_shop_mismatch names both shops';
+}
 
 # --- the same delivery twice --------------------------------------------
 {

@@ -20,13 +20,20 @@
 #define SBW_MIGRATE_LOCK  7426337
 
 
-static const char  sbw_schema_sql[] =
+static const char  sbw_schema_version_sql[] =
     "CREATE TABLE IF NOT EXISTS schema_version ("
     "  component   text        NOT NULL,"
     "  version     integer     NOT NULL,"
     "  applied_at  timestamptz NOT NULL DEFAULT now(),"
     "  PRIMARY KEY (component, version)"
-    ");"
+    ")";
+
+
+/*
+ * Version 2 from nothing.  The columns are those of version 1, in the
+ * same order, so that a migrated table and a new one look the same.
+ */
+static const char  sbw_schema_v2_sql[] =
     "CREATE TABLE IF NOT EXISTS bc_order_ledger ("
     "  shop                      text        NOT NULL,"
     "  shopify_order_id          bigint      NOT NULL,"
@@ -51,16 +58,64 @@ static const char  sbw_schema_sql[] =
     "  last_attempt_at           timestamptz,"
     "  next_attempt_at           timestamptz,"
     "  completed_at              timestamptz,"
-    "  PRIMARY KEY (shop, shopify_order_id)"
+    "  PRIMARY KEY (shopify_order_id)"
     ");"
     "CREATE INDEX IF NOT EXISTS bc_order_ledger_open_idx"
     "  ON bc_order_ledger (state) WHERE state <> 'created';"
     "CREATE INDEX IF NOT EXISTS bc_order_ledger_extdoc_idx"
     "  ON bc_order_ledger (external_document_number);"
     "INSERT INTO schema_version (component, version)"
-    "  VALUES ('worker', 1) ON CONFLICT DO NOTHING;";
+    "  VALUES ('worker', 2) ON CONFLICT DO NOTHING";
 
 
+/*
+ * Version 1 keyed the ledger by (shop, order id), so one order delivered
+ * under two shop names could have two rows.  Before the key becomes the
+ * order id, every order keeps one row: the one that knows the most
+ * (created, then an attempt in doubt, then attempting, new, failed; the
+ * oldest among equals).  The others are moved, not lost, to
+ * bc_order_ledger_v1_duplicates.
+ */
+static const char  sbw_v1_duplicates_sql[] =
+    "SELECT count(*) - count(DISTINCT shopify_order_id)"
+    "  FROM bc_order_ledger";
+
+static const char  sbw_v1_archive_sql[] =
+    "CREATE TABLE IF NOT EXISTS bc_order_ledger_v1_duplicates ("
+    "  LIKE bc_order_ledger,"
+    "  archived_at  timestamptz NOT NULL DEFAULT now()"
+    ");"
+    "WITH ranked AS ("
+    "  SELECT ctid AS row_ctid, row_number() OVER ("
+    "    PARTITION BY shopify_order_id"
+    "    ORDER BY state = 'created' DESC, in_doubt DESC,"
+    "             state = 'attempting' DESC, state = 'new' DESC,"
+    "             first_seen_at, shop) AS rank"
+    "  FROM bc_order_ledger"
+    "), moved AS ("
+    "  DELETE FROM bc_order_ledger l USING ranked r"
+    "  WHERE l.ctid = r.row_ctid AND r.rank > 1"
+    "  RETURNING l.*"
+    ")"
+    "INSERT INTO bc_order_ledger_v1_duplicates SELECT *, now() FROM moved";
+
+static const char  sbw_v1_to_v2_sql[] =
+    "ALTER TABLE bc_order_ledger"
+    "  DROP CONSTRAINT IF EXISTS bc_order_ledger_pkey;"
+    "UPDATE bc_order_ledger SET shop = lower(shop) WHERE shop <> lower(shop);"
+    "ALTER TABLE bc_order_ledger"
+    "  ADD CONSTRAINT bc_order_ledger_pkey PRIMARY KEY (shopify_order_id)";
+
+
+/*
+ * Key of the advisory lock of an order.  The prefix keeps it apart from
+ * other users of advisory locks in the same database.
+ */
+#define SBW_ORDER_LOCK_KEY  "hashtextextended('bc_order_ledger/' || $1, 0)"
+
+
+static int sbw_ledger_run(sbw_ledger_t *l, const char *sql,
+    ExecStatusType want, long long *value);
 static int sbw_ledger_ok(sbw_ledger_t *l, PGresult *res, ExecStatusType want);
 static int sbw_ledger_exec(sbw_ledger_t *l, const char *sql, int n,
     const char *const *params, ExecStatusType want, PGresult **out);
@@ -237,46 +292,30 @@ sbw_ledger_exec(sbw_ledger_t *l, const char *sql, int n,
 
 
 /*
- * Create the tables if they are missing.  Several workers may start at
- * once, and concurrent CREATE TABLE IF NOT EXISTS can still collide in
- * the catalog, so the whole migration runs under a transaction-level
- * advisory lock.
+ * Run one statement string without parameters (several statements are
+ * allowed when want is PGRES_COMMAND_OK).  With value, the first column
+ * of the single row it returns is read as an integer.
  */
-int
-sbw_ledger_migrate(sbw_ledger_t *l)
+static int
+sbw_ledger_run(sbw_ledger_t *l, const char *sql, ExecStatusType want,
+    long long *value)
 {
-    char       sql[64];
     PGresult  *res;
 
-    res = PQexec(l->conn, "BEGIN");
-    if (sbw_ledger_ok(l, res, PGRES_COMMAND_OK) != 0) {
-        return -1;
-    }
-
-    PQclear(res);
-
-    snprintf(sql, sizeof(sql), "SELECT pg_advisory_xact_lock(%d)",
-             SBW_MIGRATE_LOCK);
-
     res = PQexec(l->conn, sql);
-    if (sbw_ledger_ok(l, res, PGRES_TUPLES_OK) != 0) {
-        PQclear(PQexec(l->conn, "ROLLBACK"));
+    if (sbw_ledger_ok(l, res, want) != 0) {
         return -1;
     }
 
-    PQclear(res);
+    if (value != NULL) {
+        if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+            snprintf(l->errstr, sizeof(l->errstr), "no value from: %.60s",
+                     sql);
+            PQclear(res);
+            return -1;
+        }
 
-    res = PQexec(l->conn, sbw_schema_sql);
-    if (sbw_ledger_ok(l, res, PGRES_COMMAND_OK) != 0) {
-        PQclear(PQexec(l->conn, "ROLLBACK"));
-        return -1;
-    }
-
-    PQclear(res);
-
-    res = PQexec(l->conn, "COMMIT");
-    if (sbw_ledger_ok(l, res, PGRES_COMMAND_OK) != 0) {
-        return -1;
+        *value = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     }
 
     PQclear(res);
@@ -285,25 +324,107 @@ sbw_ledger_migrate(sbw_ledger_t *l)
 
 
 /*
- * Try to take the order's advisory lock without waiting.  Returns 1 when
- * taken, 0 when another session holds it (another worker is on this
- * order right now), -1 on error.
+ * Bring the schema to SBW_LEDGER_SCHEMA_VERSION: create it when there is
+ * none, or migrate a version 1 ledger (key (shop, order id)) to version
+ * 2 (key order id, shops in lower case).  *from_version says what was
+ * found (0: nothing), *archived how many version 1 rows were moved to
+ * bc_order_ledger_v1_duplicates.  Several workers may start at once, and
+ * concurrent CREATE TABLE IF NOT EXISTS can still collide in the
+ * catalog, so everything runs in one transaction under a
+ * transaction-level advisory lock: the migration is whole or not at all.
+ * A schema newer than this worker's is refused.
  */
 int
-sbw_ledger_lock(sbw_ledger_t *l, const char *shop, int64_t order_id)
+sbw_ledger_migrate(sbw_ledger_t *l, int *from_version, long long *archived)
+{
+    char       sql[64];
+    long long  version, has_table;
+
+    *from_version = 0;
+    *archived = 0;
+
+    if (sbw_ledger_run(l, "BEGIN", PGRES_COMMAND_OK, NULL) != 0) {
+        return -1;
+    }
+
+    snprintf(sql, sizeof(sql), "SELECT pg_advisory_xact_lock(%d)",
+             SBW_MIGRATE_LOCK);
+
+    if (sbw_ledger_run(l, sql, PGRES_TUPLES_OK, NULL) != 0
+        || sbw_ledger_run(l, sbw_schema_version_sql, PGRES_COMMAND_OK, NULL)
+           != 0
+        || sbw_ledger_run(l, "SELECT coalesce(max(version), 0)"
+                          " FROM schema_version WHERE component = 'worker'",
+                          PGRES_TUPLES_OK, &version) != 0
+        || sbw_ledger_run(l, "SELECT (to_regclass('bc_order_ledger')"
+                          " IS NOT NULL)::int",
+                          PGRES_TUPLES_OK, &has_table) != 0)
+    {
+        goto failed;
+    }
+
+    if (version > SBW_LEDGER_SCHEMA_VERSION) {
+        snprintf(l->errstr, sizeof(l->errstr), "the ledger has schema "
+                 "version %lld, newer than this worker's %d", version,
+                 SBW_LEDGER_SCHEMA_VERSION);
+        goto failed;
+    }
+
+    /* a table without version 2 recorded is taken as version 1 */
+    if (has_table && version < 2) {
+        *from_version = 1;
+
+        if (sbw_ledger_run(l, sbw_v1_duplicates_sql, PGRES_TUPLES_OK,
+                           archived) != 0
+            || (*archived > 0
+                && sbw_ledger_run(l, sbw_v1_archive_sql, PGRES_COMMAND_OK,
+                                  NULL) != 0)
+            || sbw_ledger_run(l, sbw_v1_to_v2_sql, PGRES_COMMAND_OK, NULL)
+               != 0)
+        {
+            goto failed;
+        }
+
+    } else if (has_table) {
+        *from_version = (int) version;
+    }
+
+    if (sbw_ledger_run(l, sbw_schema_v2_sql, PGRES_COMMAND_OK, NULL) != 0
+        || sbw_ledger_run(l, "COMMIT", PGRES_COMMAND_OK, NULL) != 0)
+    {
+        goto failed;
+    }
+
+    return 0;
+
+failed:
+
+    PQclear(PQexec(l->conn, "ROLLBACK"));
+    return -1;
+}
+
+
+/*
+ * Try to take the order's advisory lock without waiting.  Returns 1 when
+ * taken, 0 when another session holds it (another worker is on this
+ * order right now), -1 on error.  The key is the order id alone, like
+ * the ledger's: deliveries of one order under different shop names are
+ * kept apart too.
+ */
+int
+sbw_ledger_lock(sbw_ledger_t *l, int64_t order_id)
 {
     int          got;
     char         id[32];
     PGresult    *res;
-    const char  *params[2];
+    const char  *params[1];
 
     snprintf(id, sizeof(id), "%lld", (long long) order_id);
-    params[0] = shop;
-    params[1] = id;
+    params[0] = id;
 
     if (sbw_ledger_exec(l, "SELECT pg_try_advisory_lock("
-                        "hashtextextended($1 || '/' || $2, 0))",
-                        2, params, PGRES_TUPLES_OK, &res) != 0)
+                        SBW_ORDER_LOCK_KEY ")",
+                        1, params, PGRES_TUPLES_OK, &res) != 0)
     {
         return -1;
     }
@@ -316,18 +437,17 @@ sbw_ledger_lock(sbw_ledger_t *l, const char *shop, int64_t order_id)
 
 
 int
-sbw_ledger_unlock(sbw_ledger_t *l, const char *shop, int64_t order_id)
+sbw_ledger_unlock(sbw_ledger_t *l, int64_t order_id)
 {
     char         id[32];
-    const char  *params[2];
+    const char  *params[1];
 
     snprintf(id, sizeof(id), "%lld", (long long) order_id);
-    params[0] = shop;
-    params[1] = id;
+    params[0] = id;
 
     return sbw_ledger_exec(l, "SELECT pg_advisory_unlock("
-                           "hashtextextended($1 || '/' || $2, 0))",
-                           2, params, PGRES_TUPLES_OK, NULL);
+                           SBW_ORDER_LOCK_KEY ")",
+                           1, params, PGRES_TUPLES_OK, NULL);
 }
 
 
@@ -343,9 +463,10 @@ sbw_copy_field(PGresult *res, int col, char *dst, size_t len)
 
 /*
  * Insert the order's row if it is new, note the delivery if not, and
- * return the row.  The externalDocumentNumber stored the first time is
- * kept and returned, so every later attempt and lookup uses exactly the
- * same value.
+ * return the row.  The externalDocumentNumber and the shop stored the
+ * first time are kept and returned, so every later attempt and lookup
+ * uses exactly the same values, whatever shop a later delivery names.
+ * shop is expected in lower case.
  */
 int
 sbw_ledger_claim(sbw_ledger_t *l, const char *shop, int64_t order_id,
@@ -369,11 +490,11 @@ sbw_ledger_claim(sbw_ledger_t *l, const char *shop, int64_t order_id,
             " shopify_order_name, external_document_number,"
             " first_webhook_id, last_webhook_id, last_stream_id)"
             " VALUES ($1, $2::bigint, $3, $4, $5, $5, $6)"
-            " ON CONFLICT (shop, shopify_order_id) DO UPDATE"
+            " ON CONFLICT (shopify_order_id) DO UPDATE"
             " SET last_seen_at = now(),"
             "     last_webhook_id = EXCLUDED.last_webhook_id,"
             "     last_stream_id = EXCLUDED.last_stream_id"
-            " RETURNING state, attempts, in_doubt,"
+            " RETURNING shop, state, attempts, in_doubt,"
             " coalesce((extract(epoch FROM clock_timestamp()"
             "   - last_attempt_at) * 1000)::bigint, -1),"
             " coalesce(attempt_owner, ''), external_document_number,"
@@ -392,15 +513,16 @@ sbw_ledger_claim(sbw_ledger_t *l, const char *shop, int64_t order_id,
     }
 
     memset(row, 0, sizeof(*row));
-    sbw_copy_field(res, 0, row->state, sizeof(row->state));
-    row->attempts = atoi(PQgetvalue(res, 0, 1));
-    row->in_doubt = strcmp(PQgetvalue(res, 0, 2), "t") == 0;
-    row->since_attempt_ms = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
-    sbw_copy_field(res, 4, row->owner, sizeof(row->owner));
-    sbw_copy_field(res, 5, row->external_doc, sizeof(row->external_doc));
-    sbw_copy_field(res, 6, row->bc_number, sizeof(row->bc_number));
-    sbw_copy_field(res, 7, row->bc_id, sizeof(row->bc_id));
-    sbw_copy_field(res, 8, row->error_code, sizeof(row->error_code));
+    sbw_copy_field(res, 0, row->shop, sizeof(row->shop));
+    sbw_copy_field(res, 1, row->state, sizeof(row->state));
+    row->attempts = atoi(PQgetvalue(res, 0, 2));
+    row->in_doubt = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+    row->since_attempt_ms = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
+    sbw_copy_field(res, 5, row->owner, sizeof(row->owner));
+    sbw_copy_field(res, 6, row->external_doc, sizeof(row->external_doc));
+    sbw_copy_field(res, 7, row->bc_number, sizeof(row->bc_number));
+    sbw_copy_field(res, 8, row->bc_id, sizeof(row->bc_id));
+    sbw_copy_field(res, 9, row->error_code, sizeof(row->error_code));
 
     PQclear(res);
     return 0;
@@ -413,27 +535,26 @@ sbw_ledger_claim(sbw_ledger_t *l, const char *shop, int64_t order_id,
  * outcome is lost the next attempt looks in BC before posting again.
  */
 int
-sbw_ledger_start_attempt(sbw_ledger_t *l, const char *shop,
-    int64_t order_id, const char *owner, int *attempts)
+sbw_ledger_start_attempt(sbw_ledger_t *l, int64_t order_id,
+    const char *owner, int *attempts)
 {
     char         id[32];
     PGresult    *res;
-    const char  *params[3];
+    const char  *params[2];
 
     snprintf(id, sizeof(id), "%lld", (long long) order_id);
-    params[0] = shop;
-    params[1] = id;
-    params[2] = owner;
+    params[0] = id;
+    params[1] = owner;
 
     if (sbw_ledger_exec(l,
             "UPDATE bc_order_ledger SET state = 'attempting',"
             " in_doubt = true, attempts = attempts + 1,"
-            " attempt_owner = $3, last_attempt_at = clock_timestamp(),"
+            " attempt_owner = $2, last_attempt_at = clock_timestamp(),"
             " next_attempt_at = NULL"
-            " WHERE shop = $1 AND shopify_order_id = $2::bigint"
+            " WHERE shopify_order_id = $1::bigint"
             " AND state IN ('new', 'attempting')"
             " RETURNING attempts",
-            3, params, PGRES_TUPLES_OK, &res) != 0)
+            2, params, PGRES_TUPLES_OK, &res) != 0)
     {
         return -1;
     }
@@ -457,28 +578,27 @@ sbw_ledger_start_attempt(sbw_ledger_t *l, const char *shop,
  * found in BC after an attempt whose outcome had been lost.
  */
 int
-sbw_ledger_created(sbw_ledger_t *l, const char *shop, int64_t order_id,
+sbw_ledger_created(sbw_ledger_t *l, int64_t order_id,
     const char *doc_type, const char *bc_id, const char *bc_number,
     const char *resolved_by)
 {
     char         id[32];
-    const char  *params[6];
+    const char  *params[5];
 
     snprintf(id, sizeof(id), "%lld", (long long) order_id);
-    params[0] = shop;
-    params[1] = id;
-    params[2] = doc_type;
-    params[3] = bc_id;
-    params[4] = bc_number;
-    params[5] = resolved_by;
+    params[0] = id;
+    params[1] = doc_type;
+    params[2] = bc_id;
+    params[3] = bc_number;
+    params[4] = resolved_by;
 
     return sbw_ledger_exec(l,
             "UPDATE bc_order_ledger SET state = 'created', in_doubt = false,"
-            " bc_document_type = $3, bc_id = $4, bc_number = $5,"
-            " resolved_by = $6, error_code = NULL, error_message = NULL,"
+            " bc_document_type = $2, bc_id = $3, bc_number = $4,"
+            " resolved_by = $5, error_code = NULL, error_message = NULL,"
             " next_attempt_at = NULL, completed_at = clock_timestamp()"
-            " WHERE shop = $1 AND shopify_order_id = $2::bigint",
-            6, params, PGRES_COMMAND_OK, NULL);
+            " WHERE shopify_order_id = $1::bigint",
+            5, params, PGRES_COMMAND_OK, NULL);
 }
 
 
@@ -487,24 +607,23 @@ sbw_ledger_created(sbw_ledger_t *l, const char *shop, int64_t order_id,
  * reason retrying cannot fix).  Nothing exists in BC for it.
  */
 int
-sbw_ledger_failed(sbw_ledger_t *l, const char *shop, int64_t order_id,
-    const char *code, const char *message)
+sbw_ledger_failed(sbw_ledger_t *l, int64_t order_id, const char *code,
+    const char *message)
 {
     char         id[32];
-    const char  *params[4];
+    const char  *params[3];
 
     snprintf(id, sizeof(id), "%lld", (long long) order_id);
-    params[0] = shop;
-    params[1] = id;
-    params[2] = code;
-    params[3] = message;
+    params[0] = id;
+    params[1] = code;
+    params[2] = message;
 
     return sbw_ledger_exec(l,
             "UPDATE bc_order_ledger SET state = 'failed', in_doubt = false,"
-            " error_code = $3, error_message = $4, next_attempt_at = NULL,"
+            " error_code = $2, error_message = $3, next_attempt_at = NULL,"
             " completed_at = clock_timestamp()"
-            " WHERE shop = $1 AND shopify_order_id = $2::bigint",
-            4, params, PGRES_COMMAND_OK, NULL);
+            " WHERE shopify_order_id = $1::bigint",
+            3, params, PGRES_COMMAND_OK, NULL);
 }
 
 
@@ -516,27 +635,26 @@ sbw_ledger_failed(sbw_ledger_t *l, const char *shop, int64_t order_id,
  * must look in BC first.
  */
 int
-sbw_ledger_retry(sbw_ledger_t *l, const char *shop, int64_t order_id,
-    int in_doubt, const char *code, const char *message, long delay_ms)
+sbw_ledger_retry(sbw_ledger_t *l, int64_t order_id, int in_doubt,
+    const char *code, const char *message, long delay_ms)
 {
     char         id[32], delay[32];
-    const char  *params[6];
+    const char  *params[5];
 
     snprintf(id, sizeof(id), "%lld", (long long) order_id);
     snprintf(delay, sizeof(delay), "%ld", delay_ms);
-    params[0] = shop;
-    params[1] = id;
-    params[2] = in_doubt ? "t" : "f";
-    params[3] = code;
-    params[4] = message;
-    params[5] = delay;
+    params[0] = id;
+    params[1] = in_doubt ? "t" : "f";
+    params[2] = code;
+    params[3] = message;
+    params[4] = delay;
 
     return sbw_ledger_exec(l,
-            "UPDATE bc_order_ledger SET in_doubt = $3::boolean,"
-            " error_code = $4, error_message = $5,"
+            "UPDATE bc_order_ledger SET in_doubt = $2::boolean,"
+            " error_code = $3, error_message = $4,"
             " next_attempt_at = clock_timestamp()"
-            "   + $6::bigint * interval '1 millisecond'"
-            " WHERE shop = $1 AND shopify_order_id = $2::bigint"
+            "   + $5::bigint * interval '1 millisecond'"
+            " WHERE shopify_order_id = $1::bigint"
             " AND state IN ('new', 'attempting')",
-            6, params, PGRES_COMMAND_OK, NULL);
+            5, params, PGRES_COMMAND_OK, NULL);
 }

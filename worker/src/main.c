@@ -175,8 +175,10 @@ sbw_prepare_redis(const sbw_config_t *conf)
 static int
 sbw_prepare_postgres(const sbw_config_t *conf)
 {
+    int           from;
     long          delay;
     unsigned      tries;
+    long long     archived;
     sbw_ledger_t  l;
 
     memset(&l, 0, sizeof(l));
@@ -185,7 +187,7 @@ sbw_prepare_postgres(const sbw_config_t *conf)
 
     for (tries = 0; !sbw_stop; tries++) {
         if (sbw_ledger_connect(&l) == 0) {
-            if (sbw_ledger_migrate(&l) != 0) {
+            if (sbw_ledger_migrate(&l, &from, &archived) != 0) {
                 sbw_log(SBW_LOG_ERROR, "migration_failed",
                         json_pack("{s:s}", "message", l.errstr));
                 sbw_ledger_close(&l);
@@ -193,10 +195,20 @@ sbw_prepare_postgres(const sbw_config_t *conf)
             }
 
             sbw_ledger_close(&l);
+
+            if (archived > 0) {
+                sbw_log(SBW_LOG_WARN, "ledger_duplicates_archived",
+                        json_pack("{s:I,s:s}", "rows", (json_int_t) archived,
+                                  "message", "version 1 rows of an order "
+                                  "seen under several shops, moved to "
+                                  "bc_order_ledger_v1_duplicates"));
+            }
+
             sbw_metrics_set_postgres_up(1);
             sbw_log(SBW_LOG_INFO, "schema_ready",
-                    json_pack("{s:i}", "version",
-                              (json_int_t) SBW_LEDGER_SCHEMA_VERSION));
+                    json_pack("{s:i,s:i}", "version",
+                              (json_int_t) SBW_LEDGER_SCHEMA_VERSION,
+                              "from_version", from));
             return 0;
         }
 

@@ -28,7 +28,11 @@ typedef struct {
 
 
 static void sbw_err_append(char *err, size_t errlen, const char *fmt, ...);
-static int sbw_sum_allocations(const json_t *li, int64_t *sum);
+static int sbw_has_nul(const json_t *v);
+static int sbw_line_discount(const json_t *src, int64_t *sum, char *why,
+    size_t whylen);
+static int sbw_line_amounts(const json_t *src, int64_t quantity,
+    sbw_bc_line_t *line, char *why, size_t whylen);
 static const char *sbw_map_lookup(const json_t *map, const char *key);
 static int sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
     sbw_bc_line_t *line, char *why, size_t whylen);
@@ -68,6 +72,31 @@ sbw_err_append(char *err, size_t errlen, const char *fmt, ...)
 
 
 /*
+ * Parse a delivery body.  "\u0000" is valid JSON and jansson refuses it
+ * unless told otherwise, which would report a well-formed order as "not
+ * valid JSON".  It is accepted here; the mapping refuses a NUL only in
+ * the strings it uses (sbw_has_nul()).
+ */
+json_t *
+sbw_order_parse(const char *body, size_t len, json_error_t *err)
+{
+    return json_loadb(body, len, JSON_ALLOW_NUL, err);
+}
+
+
+/*
+ * Whether v is a string holding a NUL character.  As a C string it would
+ * silently end there: a SKU "1896-S\u0000X" would book item 1896-S.
+ */
+static int
+sbw_has_nul(const json_t *v)
+{
+    return json_is_string(v)
+           && strlen(json_string_value(v)) != json_string_length(v);
+}
+
+
+/*
  * The order's Shopify id, a positive JSON integer (13 digits today, so
  * well beyond 32 bits).  Returns 0 on success, -1 when absent or unusable.
  */
@@ -90,7 +119,7 @@ sbw_order_id(const json_t *order, int64_t *id)
 /*
  * The externalDocumentNumber of an order: "SHOPIFY-" and the decimal
  * Shopify order id, normalised the way BC stores a Code[35].  The order
- * id, unlike the order name, is unique per shop, never renamed and at
+ * id, unlike the order name, is unique across shops, never renamed and at
  * most 19 digits, so the result is always 27 characters or less and is
  * the same on every retry.
  */
@@ -109,35 +138,129 @@ sbw_external_doc_number(int64_t order_id, char *out, size_t len)
 /*
  * Sum of the "amount" of every discount allocation of a line item or
  * shipping line (order-level codes included, as Shopify allocates them
- * to the lines).  Returns 0, or -1 if an amount is malformed.
+ * to the lines).  Each amount must be a decimal from 0 to
+ * SBW_MAP_MAX_CENTS, and so must the sum.  Returns SBW_MAP_OK, or
+ * SBW_MAP_INVALID with the reason in why.
  */
 static int
-sbw_sum_allocations(const json_t *li, int64_t *sum)
+sbw_line_discount(const json_t *src, int64_t *sum, char *why,
+    size_t whylen)
 {
+    char           text[SBW_MONEY_BUFLEN], max[SBW_MONEY_BUFLEN];
     size_t         i;
     int64_t        cents;
     const json_t  *allocs, *a;
 
     *sum = 0;
+    sbw_money_format(SBW_MAP_MAX_CENTS, max, sizeof(max));
 
-    allocs = json_object_get(li, "discount_allocations");
+    allocs = json_object_get(src, "discount_allocations");
     if (allocs == NULL || json_is_null(allocs)) {
-        return 0;
+        return SBW_MAP_OK;
     }
 
     if (!json_is_array(allocs)) {
-        return -1;
+        snprintf(why, whylen, "discount_allocations is not an array");
+        return SBW_MAP_INVALID;
     }
 
     json_array_foreach(allocs, i, a) {
         if (sbw_money_from_json(json_object_get(a, "amount"), &cents) != 0) {
-            return -1;
+            snprintf(why, whylen, "discount allocation %zu is not a decimal "
+                     "amount", i + 1);
+            return SBW_MAP_INVALID;
         }
 
-        *sum += cents;
+        sbw_money_format(cents, text, sizeof(text));
+
+        if (cents < 0) {
+            snprintf(why, whylen, "discount allocation %zu amount %s is "
+                     "negative", i + 1, text);
+            return SBW_MAP_INVALID;
+        }
+
+        if (cents > SBW_MAP_MAX_CENTS) {
+            snprintf(why, whylen, "discount allocation %zu amount %s is more "
+                     "than %s", i + 1, text, max);
+            return SBW_MAP_INVALID;
+        }
+
+        if (__builtin_add_overflow(*sum, cents, sum)
+            || *sum > SBW_MAP_MAX_CENTS)
+        {
+            snprintf(why, whylen, "discount allocations add up to more "
+                     "than %s", max);
+            return SBW_MAP_INVALID;
+        }
     }
 
-    return 0;
+    return SBW_MAP_OK;
+}
+
+
+/*
+ * The money of a line: unit price, discount and amount (quantity x
+ * price - discount), with the checks that keep an impossible line out
+ * of BC: no negative price or discount, no amount above
+ * SBW_MAP_MAX_CENTS, no discount above the line total.  The product is
+ * computed with an overflow check.  Returns SBW_MAP_OK, or
+ * SBW_MAP_INVALID with the reason (naming the field) in why.
+ */
+static int
+sbw_line_amounts(const json_t *src, int64_t quantity, sbw_bc_line_t *line,
+    char *why, size_t whylen)
+{
+    int      rc;
+    char     a[SBW_MONEY_BUFLEN], b[SBW_MONEY_BUFLEN];
+    char     max[SBW_MONEY_BUFLEN];
+    int64_t  price, gross, discount;
+
+    sbw_money_format(SBW_MAP_MAX_CENTS, max, sizeof(max));
+
+    if (sbw_money_from_json(json_object_get(src, "price"), &price) != 0) {
+        snprintf(why, whylen, "price is not a decimal amount");
+        return SBW_MAP_INVALID;
+    }
+
+    sbw_money_format(price, a, sizeof(a));
+
+    if (price < 0) {
+        snprintf(why, whylen, "price %s is negative", a);
+        return SBW_MAP_INVALID;
+    }
+
+    if (price > SBW_MAP_MAX_CENTS) {
+        snprintf(why, whylen, "price %s is more than %s", a, max);
+        return SBW_MAP_INVALID;
+    }
+
+    if (__builtin_mul_overflow(quantity, price, &gross)
+        || gross > SBW_MAP_MAX_CENTS)
+    {
+        snprintf(why, whylen, "line total %lld x %s is more than %s",
+                 (long long) quantity, a, max);
+        return SBW_MAP_INVALID;
+    }
+
+    rc = sbw_line_discount(src, &discount, why, whylen);
+    if (rc != SBW_MAP_OK) {
+        return rc;
+    }
+
+    if (discount > gross) {
+        sbw_money_format(discount, a, sizeof(a));
+        sbw_money_format(gross, b, sizeof(b));
+        snprintf(why, whylen, "discount %s is more than the line total %s",
+                 a, b);
+        return SBW_MAP_INVALID;
+    }
+
+    line->quantity = quantity;
+    line->unit_price = price;
+    line->discount = discount;
+    line->amount = gross - discount;
+
+    return SBW_MAP_OK;
 }
 
 
@@ -175,8 +298,9 @@ static int
 sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
     sbw_bc_line_t *line, char *why, size_t whylen)
 {
+    int            rc;
     char           key[32];
-    int64_t        price, discount;
+    json_int_t     quantity;
     const char    *sku, *title, *number;
     const json_t  *v, *variant;
 
@@ -185,8 +309,18 @@ sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
     v = json_object_get(li, "title");
     title = json_is_string(v) ? json_string_value(v) : "";
 
+    if (sbw_has_nul(v)) {
+        snprintf(why, whylen, "title contains a NUL character");
+        return SBW_MAP_INVALID;
+    }
+
     v = json_object_get(li, "sku");
     sku = json_is_string(v) ? json_string_value(v) : "";
+
+    if (sbw_has_nul(v)) {
+        snprintf(why, whylen, "sku contains a NUL character");
+        return SBW_MAP_INVALID;
+    }
 
     variant = json_object_get(li, "variant_id");
 
@@ -232,16 +366,17 @@ sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
         return SBW_MAP_INVALID;
     }
 
-    line->quantity = (int64_t) json_integer_value(v);
+    quantity = json_integer_value(v);
 
-    if (sbw_money_from_json(json_object_get(li, "price"), &price) != 0) {
-        snprintf(why, whylen, "price is not a decimal amount");
+    if (quantity > SBW_MAP_MAX_QUANTITY) {
+        snprintf(why, whylen, "quantity %" JSON_INTEGER_FORMAT " is more "
+                 "than %d", quantity, SBW_MAP_MAX_QUANTITY);
         return SBW_MAP_INVALID;
     }
 
-    if (sbw_sum_allocations(li, &discount) != 0) {
-        snprintf(why, whylen, "discount allocation is not a decimal amount");
-        return SBW_MAP_INVALID;
+    rc = sbw_line_amounts(li, (int64_t) quantity, line, why, whylen);
+    if (rc != SBW_MAP_OK) {
+        return rc;
     }
 
     v = json_object_get(li, "id");
@@ -249,8 +384,6 @@ sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
     line->type = SBW_LINE_ITEM;
     line->role = "item";
     line->shopify_id = json_is_integer(v) ? json_integer_value(v) : 0;
-    line->unit_price = price;
-    line->discount = discount;
     line->number = strdup(number);
     line->description = sbw_utf8_truncate(title, SBW_BC_DESCRIPTION_LEN);
 
@@ -273,7 +406,7 @@ static int
 sbw_map_shipping(const sbw_map_conf_t *mc, const json_t *sl,
     sbw_bc_line_t *line, char *why, size_t whylen)
 {
-    int64_t        price, discount;
+    int            rc;
     const char    *title;
     const json_t  *v;
 
@@ -283,14 +416,14 @@ sbw_map_shipping(const sbw_map_conf_t *mc, const json_t *sl,
     title = (json_is_string(v) && json_string_length(v) > 0)
             ? json_string_value(v) : "Shipping";
 
-    if (sbw_money_from_json(json_object_get(sl, "price"), &price) != 0) {
-        snprintf(why, whylen, "price is not a decimal amount");
+    if (sbw_has_nul(v)) {
+        snprintf(why, whylen, "title contains a NUL character");
         return SBW_MAP_INVALID;
     }
 
-    if (sbw_sum_allocations(sl, &discount) != 0) {
-        snprintf(why, whylen, "discount allocation is not a decimal amount");
-        return SBW_MAP_INVALID;
+    rc = sbw_line_amounts(sl, 1, line, why, whylen);
+    if (rc != SBW_MAP_OK) {
+        return rc;
     }
 
     v = json_object_get(sl, "id");
@@ -298,9 +431,6 @@ sbw_map_shipping(const sbw_map_conf_t *mc, const json_t *sl,
     line->type = SBW_LINE_ACCOUNT;
     line->role = "shipping";
     line->shopify_id = json_is_integer(v) ? json_integer_value(v) : 0;
-    line->quantity = 1;
-    line->unit_price = price;
-    line->discount = discount;
     line->number = strdup(mc->shipping_account ? mc->shipping_account : "");
     line->description = sbw_utf8_truncate(title, SBW_BC_DESCRIPTION_LEN);
 
@@ -338,10 +468,6 @@ sbw_add_line(sbw_bc_order_t *o, size_t *cap, const sbw_bc_line_t *line)
 
     o->lines[o->nlines++] = *line;
 
-    if (line->type != SBW_LINE_COMMENT) {
-        o->lines_total += line->quantity * line->unit_price - line->discount;
-    }
-
     return 0;
 }
 
@@ -355,19 +481,23 @@ sbw_add_line(sbw_bc_order_t *o, size_t *cap, const sbw_bc_line_t *line)
  * returned: if any line cannot be mapped the result is
  * SBW_MAP_UNSUPPORTED and err names all such lines, because a partial
  * order in BC is worse than none.  SBW_MAP_INVALID means the payload
- * itself is unusable (no id, malformed amounts).
+ * itself is unusable: no id, a line that is not an object, malformed or
+ * impossible amounts (see SBW_MAP_MAX_CENTS), a NUL character in a
+ * string the mapping uses.
  */
 int
 sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
     sbw_bc_order_t *out, char *err, size_t errlen)
 {
     int             rc, result, nbad;
-    char            why[160], *title;
+    char            why[160], max[SBW_MONEY_BUFLEN], *title;
     size_t          i, cap;
     int64_t         id;
     const char     *s;
     const json_t   *items, *ships, *li, *v;
     sbw_bc_line_t   line;
+
+    static const char  *texts[] = { "name", "currency", "created_at" };
 
     memset(out, 0, sizeof(*out));
     cap = 0;
@@ -379,6 +509,14 @@ sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
     if (!json_is_object(order) || sbw_order_id(order, &id) != 0) {
         sbw_err_append(err, errlen, "order has no usable \"id\"");
         return SBW_MAP_INVALID;
+    }
+
+    for (i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        if (sbw_has_nul(json_object_get(order, texts[i]))) {
+            sbw_err_append(err, errlen, "%s contains a NUL character",
+                           texts[i]);
+            return SBW_MAP_INVALID;
+        }
     }
 
     out->order_id = id;
@@ -452,6 +590,14 @@ sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
     nbad = 0;
 
     json_array_foreach(items, i, li) {
+        if (!json_is_object(li)) {
+            sbw_err_append(err, errlen, "%sline %zu is not an object",
+                           nbad ? "; " : "", i + 1);
+            result = SBW_MAP_INVALID;
+            nbad++;
+            continue;
+        }
+
         why[0] = '\0';
         rc = sbw_map_item(mc, li, &line, why, sizeof(why));
 
@@ -506,6 +652,14 @@ sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
     }
 
     json_array_foreach(ships, i, li) {
+        if (!json_is_object(li)) {
+            sbw_err_append(err, errlen, "%sshipping line %zu is not an "
+                           "object", nbad ? "; " : "", i + 1);
+            result = SBW_MAP_INVALID;
+            nbad++;
+            continue;
+        }
+
         if (json_is_true(json_object_get(li, "is_removed"))) {
             continue;
         }
@@ -540,6 +694,19 @@ sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
     if (result != SBW_MAP_OK) {
         sbw_order_free(out);
         return result;
+    }
+
+    /* each line is within the bound, and so must their sum be */
+    for (i = 0; i < out->nlines; i++) {
+        if (__builtin_add_overflow(out->lines_total, out->lines[i].amount,
+                                   &out->lines_total)
+            || out->lines_total > SBW_MAP_MAX_CENTS)
+        {
+            sbw_money_format(SBW_MAP_MAX_CENTS, max, sizeof(max));
+            sbw_err_append(err, errlen, "order total is more than %s", max);
+            sbw_order_free(out);
+            return SBW_MAP_INVALID;
+        }
     }
 
     return SBW_MAP_OK;

@@ -30,6 +30,19 @@
 /* prefix of every externalDocumentNumber the worker writes */
 #define SBW_EXTDOC_PREFIX  "SHOPIFY-"
 
+/*
+ * What the mapping accepts as real.  A line's quantity is 1 to
+ * SBW_MAP_MAX_QUANTITY.  Every amount (a price, a discount allocation, a
+ * line total before or after its discount, the order total) is 0 to
+ * SBW_MAP_MAX_CENTS: 10^13 cents, 100,000,000,000.00 in the order's
+ * currency.  Both are far beyond any order a shop takes, and anything
+ * outside them is refused as Mapping_InvalidOrder rather than booked.
+ * quantity x price can still exceed int64_t within these bounds, so it
+ * is computed with an overflow check.
+ */
+#define SBW_MAP_MAX_QUANTITY  1000000
+#define SBW_MAP_MAX_CENTS     10000000000000LL
+
 
 typedef enum {
     SBW_LINE_COMMENT = 0,
@@ -47,6 +60,7 @@ typedef struct {
     int64_t           quantity;
     int64_t           unit_price;     /* cents */
     int64_t           discount;       /* cents */
+    int64_t           amount;         /* quantity x price - discount */
 } sbw_bc_line_t;
 
 
@@ -72,6 +86,7 @@ typedef struct {
 } sbw_map_conf_t;
 
 
+json_t *sbw_order_parse(const char *body, size_t len, json_error_t *err);
 int sbw_order_id(const json_t *order, int64_t *id);
 void sbw_external_doc_number(int64_t order_id, char *out, size_t len);
 int sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,

@@ -235,3 +235,35 @@ sbw_odata_quote(const char *s)
 
     return out;
 }
+
+
+/*
+ * Copy in to out with ASCII letters in lower case: the form in which the
+ * worker stores and compares shop domains (DNS names are ASCII and case
+ * does not matter in them).  Returns 0, or -1 when in does not fit in
+ * outlen bytes (out then holds an empty string).
+ */
+int
+sbw_ascii_lower(const char *in, char *out, size_t outlen)
+{
+    size_t  i, len;
+
+    len = strlen(in);
+
+    if (outlen == 0) {
+        return -1;
+    }
+
+    if (len >= outlen) {
+        out[0] = '\0';
+        return -1;
+    }
+
+    for (i = 0; i < len; i++) {
+        out[i] = (in[i] >= 'A' && in[i] <= 'Z')
+                 ? (char) (in[i] - 'A' + 'a') : in[i];
+    }
+
+    out[len] = '\0';
+    return 0;
+}

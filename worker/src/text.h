@@ -24,6 +24,7 @@ size_t sbw_utf8_length(const char *s);
 void sbw_code_normalize(const char *in, char *out, size_t outlen,
     size_t max_chars);
 char *sbw_odata_quote(const char *s);
+int sbw_ascii_lower(const char *in, char *out, size_t outlen);
 
 
 #endif /* SBW_TEXT_H */

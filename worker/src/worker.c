@@ -90,6 +90,7 @@ struct sbw_inflight_s {
 /* context of one order, for its log lines */
 typedef struct {
     const sbw_entry_t  *entry;
+    const char         *shop;          /* the entry's, in lower case */
     int64_t             order_id;
     const char         *order_name;
     const char         *external_doc;
@@ -250,7 +251,7 @@ sbw_log_order(int level, const char *event, const sbw_order_ctx_t *oc,
     }
 
     f = json_pack("{s:s?,s:s?,s:s?,s:s?,s:s?,s:s?}",
-                  "shop", oc->entry->shop,
+                  "shop", oc->shop ? oc->shop : oc->entry->shop,
                   "order", id[0] ? id : NULL,
                   "order_name", oc->order_name,
                   "webhook_id", oc->entry->webhook_id,
@@ -371,14 +372,16 @@ sbw_worker_process(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
  * orders/create: parse and map the order, then take the locks and run
  * the ledger algorithm.  Payloads that cannot be keyed (not JSON, no
  * order id, no shop) go to the dead-letter stream and are acknowledged.
+ * The order's identity is its Shopify order id alone (unique across
+ * shops); the shop, in lower case, is recorded and logged.
  */
 static int
 sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
     long *delay_ms)
 {
     int               rc, map_rc;
-    char              key[300], map_err[1024], extdoc[SBW_CODE35_BUFLEN];
-    char              order_name[128];
+    char              key[32], map_err[1024], extdoc[SBW_CODE35_BUFLEN];
+    char              order_name[128], shop[SBW_SHOP_BUFLEN];
     json_t           *order;
     int64_t           order_id;
     char             *near;
@@ -398,7 +401,7 @@ sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
         reason = "entry has no body";
 
     } else {
-        order = json_loadb(e->body, e->body_len, 0, &jerr);
+        order = sbw_order_parse(e->body, e->body_len, &jerr);
 
         if (order == NULL) {
             reason = "body is not valid JSON";
@@ -408,6 +411,12 @@ sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
 
         } else if (e->shop == NULL || e->shop[0] == '\0') {
             reason = "entry has no shop";
+
+        } else if (sbw_ascii_lower(e->shop, shop, sizeof(shop)) != 0) {
+            reason = "shop name is too long";
+
+        } else {
+            oc.shop = shop;
         }
     }
 
@@ -465,8 +474,8 @@ sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
         return SBW_RETRY;
     }
 
-    /* one thread of this process per order */
-    snprintf(key, sizeof(key), "%s/%lld", e->shop, (long long) order_id);
+    /* one thread of this process per order, whatever shop it names */
+    snprintf(key, sizeof(key), "%lld", (long long) order_id);
 
     if (sbw_inflight_enter(key) != 0) {
         sbw_order_free(&o);
@@ -528,7 +537,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
         return SBW_RETRY;
     }
 
-    locked = sbw_ledger_lock(&w->ledger, e->shop, oc->order_id);
+    locked = sbw_ledger_lock(&w->ledger, oc->order_id);
 
     if (locked < 0) {
         sbw_metrics_set_postgres_up(0);
@@ -550,7 +559,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
     sbw_metrics_set_postgres_up(1);
 
     /* 2. the ledger row */
-    if (sbw_ledger_claim(&w->ledger, e->shop, oc->order_id,
+    if (sbw_ledger_claim(&w->ledger, oc->shop, oc->order_id,
                          oc->order_name ? oc->order_name : "",
                          oc->external_doc, e->webhook_id ? e->webhook_id
                                                          : "",
@@ -568,8 +577,22 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
         oc->external_doc = o->external_doc;
     }
 
+    /*
+     * X-Shopify-Shop-Domain is not covered by the webhook's HMAC, and an
+     * order id belongs to one shop only: a delivery naming another shop
+     * is this same order (a replay, or a misconfigured sender), handled
+     * as such, and worth a warning.
+     */
+    if (strcmp(row.shop, oc->shop) != 0) {
+        sbw_log_order(SBW_LOG_WARN, "order_shop_mismatch", oc,
+                      json_pack("{s:s,s:s}", "ledger_shop", row.shop,
+                                "message", "the delivery names another "
+                                "shop than the one recorded for this "
+                                "order id; handled as the same order"));
+    }
+
     if (strcmp(row.state, "created") == 0) {
-        sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+        sbw_ledger_unlock(&w->ledger, oc->order_id);
         sbw_log_order(SBW_LOG_INFO, "order_duplicate", oc,
                       json_pack("{s:s}", "bc_number", row.bc_number));
         sbw_metrics_order_deduped();
@@ -579,7 +602,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
     }
 
     if (strcmp(row.state, "failed") == 0) {
-        sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+        sbw_ledger_unlock(&w->ledger, oc->order_id);
         sbw_log_order(SBW_LOG_INFO, "order_duplicate_failed", oc,
                       json_pack("{s:s}", "bc_error_code", row.error_code));
         sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "duplicate_failed");
@@ -592,15 +615,13 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
         snprintf(code, sizeof(code), "%s", map_rc == SBW_MAP_UNSUPPORTED
                  ? SBW_MAP_ERR_UNSUPPORTED : SBW_MAP_ERR_INVALID);
 
-        if (sbw_ledger_failed(&w->ledger, e->shop, oc->order_id, code,
-                              map_err) != 0)
-        {
+        if (sbw_ledger_failed(&w->ledger, oc->order_id, code, map_err) != 0) {
             sbw_log_order(SBW_LOG_WARN, "postgres_error", oc,
                           json_pack("{s:s}", "message", w->ledger.errstr));
             goto retry_pg;
         }
 
-        sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+        sbw_ledger_unlock(&w->ledger, oc->order_id);
         sbw_log_order(SBW_LOG_ERROR, "order_failed", oc,
                       json_pack("{s:s,s:s}", "bc_error_code", code,
                                 "message", map_err));
@@ -633,7 +654,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
                        + SBW_INFLIGHT_GRACE_MS;
 
             if (row.since_attempt_ms < guard_ms) {
-                sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+                sbw_ledger_unlock(&w->ledger, oc->order_id);
                 *delay_ms = guard_ms - (long) row.since_attempt_ms
                             + (long) sbw_rng_below(&w->rng, 1000);
                 sbw_log_order(SBW_LOG_INFO, "order_wait_foreign_attempt", oc,
@@ -649,9 +670,8 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
 
         if (found < 0) {
             sbw_bc_describe(&res, code, sizeof(code), msg, sizeof(msg));
-            sbw_ledger_retry(&w->ledger, e->shop, oc->order_id, 1, code,
-                             msg, 0);
-            sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+            sbw_ledger_retry(&w->ledger, oc->order_id, 1, code, msg, 0);
+            sbw_ledger_unlock(&w->ledger, oc->order_id);
             *delay_ms = sbw_worker_delay(w, attempts, res.retry_after_ms);
             sbw_log_order(SBW_LOG_WARN, "order_retry", oc,
                           json_pack("{s:s,s:s,s:s,s:i,s:s,s:i}",
@@ -666,7 +686,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
         }
 
         if (found > 0) {
-            if (sbw_ledger_created(&w->ledger, e->shop, oc->order_id,
+            if (sbw_ledger_created(&w->ledger, oc->order_id,
                                    doc.doc_type, doc.id, doc.number,
                                    "lookup") != 0)
             {
@@ -677,7 +697,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
                 goto retry_pg;
             }
 
-            sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+            sbw_ledger_unlock(&w->ledger, oc->order_id);
             sbw_log_order(doc.matches > 1 ? SBW_LOG_WARN : SBW_LOG_INFO,
                           "order_recovered", oc,
                           json_pack("{s:s,s:s,s:i,s:i}",
@@ -697,8 +717,8 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
     }
 
     /* 5. commit "attempt started", then POST */
-    if (sbw_ledger_start_attempt(&w->ledger, e->shop, oc->order_id,
-                                 w->owner, &tries) != 0)
+    if (sbw_ledger_start_attempt(&w->ledger, oc->order_id, w->owner, &tries)
+        != 0)
     {
         sbw_log_order(SBW_LOG_WARN, "postgres_error", oc,
                       json_pack("{s:s}", "message", w->ledger.errstr));
@@ -708,9 +728,9 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
     payload = sbw_order_payload(o);
 
     if (payload == NULL) {
-        sbw_ledger_retry(&w->ledger, e->shop, oc->order_id, 0,
-                         "Worker_NoMemory", "out of memory", 1000);
-        sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+        sbw_ledger_retry(&w->ledger, oc->order_id, 0, "Worker_NoMemory",
+                         "out of memory", 1000);
+        sbw_ledger_unlock(&w->ledger, oc->order_id);
         *delay_ms = sbw_worker_delay(w, attempts, -1);
         sbw_metrics_retry("memory");
         return SBW_RETRY;
@@ -723,7 +743,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
     switch (cls) {
 
     case SBW_BC_OK:
-        if (sbw_ledger_created(&w->ledger, e->shop, oc->order_id,
+        if (sbw_ledger_created(&w->ledger, oc->order_id,
                                "salesOrder", bc_id, bc_number, "post") != 0)
         {
             /* in_doubt stays set: the next try finds it by lookup */
@@ -734,7 +754,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
             goto retry_pg;
         }
 
-        sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+        sbw_ledger_unlock(&w->ledger, oc->order_id);
         sbw_log_order(SBW_LOG_INFO, "order_created", oc,
                       json_pack("{s:s,s:s,s:i,s:i,s:i}",
                                 "bc_number", bc_number, "bc_id", bc_id,
@@ -751,16 +771,14 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
     case SBW_BC_PERMANENT:
         sbw_bc_describe(&res, code, sizeof(code), msg, sizeof(msg));
 
-        if (sbw_ledger_failed(&w->ledger, e->shop, oc->order_id, code, msg)
-            != 0)
-        {
+        if (sbw_ledger_failed(&w->ledger, oc->order_id, code, msg) != 0) {
             sbw_log_order(SBW_LOG_WARN, "postgres_error", oc,
                           json_pack("{s:s}", "message", w->ledger.errstr));
             sbw_bc_result_clear(&res);
             goto retry_pg;
         }
 
-        sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+        sbw_ledger_unlock(&w->ledger, oc->order_id);
         sbw_log_order(SBW_LOG_ERROR, "order_failed", oc,
                       json_pack("{s:s,s:s,s:i,s:s,s:i}",
                                 "bc_error_code", code, "message", msg,
@@ -781,10 +799,10 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
         sbw_bc_describe(&res, code, sizeof(code), msg, sizeof(msg));
         *delay_ms = sbw_worker_delay(w, attempts, res.retry_after_ms);
 
-        sbw_ledger_retry(&w->ledger, e->shop, oc->order_id,
+        sbw_ledger_retry(&w->ledger, oc->order_id,
                          cls == SBW_BC_RETRY_UNCERTAIN, code, msg,
                          *delay_ms);
-        sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+        sbw_ledger_unlock(&w->ledger, oc->order_id);
 
         sbw_log_order(SBW_LOG_WARN, "order_retry", oc,
                       json_pack("{s:s,s:s,s:s,s:i,s:s,s:b,s:i,s:i}",
@@ -808,7 +826,7 @@ retry_pg:
 
     /* the session may be gone, and the lock with it: start over later */
     sbw_metrics_set_postgres_up(0);
-    sbw_ledger_unlock(&w->ledger, e->shop, oc->order_id);
+    sbw_ledger_unlock(&w->ledger, oc->order_id);
     sbw_ledger_close(&w->ledger);
     *delay_ms = sbw_worker_delay(w, attempts, -1);
     sbw_metrics_retry("postgres");

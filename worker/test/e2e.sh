@@ -125,7 +125,8 @@ xadd() {
 reset_all() {
     sb reset -X POST >/dev/null
     rc flushall >/dev/null
-    sq "DROP TABLE IF EXISTS bc_order_ledger, schema_version" 2>/dev/null
+    sq "DROP TABLE IF EXISTS bc_order_ledger, bc_order_ledger_v1_duplicates,
+        schema_version" 2>/dev/null
 }
 
 drain() {
@@ -393,6 +394,104 @@ rc XACK shopify:webhooks audit "$first" >/dev/null
 TRIM_INTERVAL_MS=200 "$worker" --drain=1000 2>>"$work/worker.log"
 ok "trim: entries every group acknowledged are removed" \
     test "$(rc XLEN shopify:webhooks)" = 1
+
+
+# 12. a body with \u0000 is valid JSON: mapped, or refused for the field;
+#     an empty body is dead-lettered
+
+reset_all
+python3 - "$F/orders-create-basic.json" "$work" <<'EOF'
+import sys
+body = open(sys.argv[1]).read()
+note = body.replace('"note":null', '"note":"gift\\u0000wrap"', 1)
+sku = body.replace('"sku":"1896-S"', '"sku":"1896-S\\u0000X"', 1)
+sku = sku.replace('"id":6021450011001,', '"id":6021450011009,', 1)
+assert note != body and "6021450011009" in sku and "u0000X" in sku
+open(sys.argv[2] + "/nul-note.json", "w").write(note)
+open(sys.argv[2] + "/nul-sku.json", "w").write(sku)
+EOF
+xadd "$work/nul-note.json" orders/create wh-nul-note
+xadd "$work/nul-sku.json" orders/create wh-nul-sku
+xadd /dev/null orders/create wh-empty
+drain
+ok "empty body: dead-lettered as such" \
+    test -n "$(rc XRANGE shopify:webhooks:dead - + \
+               | grep -x 'entry has no body')"
+ok "NUL in a note: order created" test "$(bc_count $BASIC_DOC)" = 1
+ok "NUL in a SKU: refused, naming the field" \
+    test "$(ledger 6021450011009 error_code)/$(ledger 6021450011009 \
+        "error_message LIKE '%sku contains a NUL character%'")" \
+    = "Mapping_InvalidOrder/t"
+ok "NUL: not reported as invalid JSON" \
+    test -z "$(grep 'not valid JSON' "$work/worker.log")"
+
+
+# 13. a ledger of schema version 1, with rows, is migrated to version 2
+
+reset_all
+sq "CREATE TABLE schema_version (
+      component text NOT NULL, version integer NOT NULL,
+      applied_at timestamptz NOT NULL DEFAULT now(),
+      PRIMARY KEY (component, version));
+    INSERT INTO schema_version (component, version) VALUES ('worker', 1);
+    CREATE TABLE bc_order_ledger (
+      shop text NOT NULL, shopify_order_id bigint NOT NULL,
+      shopify_order_name text NOT NULL DEFAULT '',
+      external_document_number text NOT NULL,
+      state text NOT NULL DEFAULT 'new'
+        CHECK (state IN ('new', 'attempting', 'created', 'failed')),
+      in_doubt boolean NOT NULL DEFAULT false,
+      attempts integer NOT NULL DEFAULT 0, attempt_owner text,
+      bc_document_type text, bc_id text, bc_number text, resolved_by text,
+      error_code text, error_message text, first_webhook_id text,
+      last_webhook_id text, last_stream_id text,
+      first_seen_at timestamptz NOT NULL DEFAULT now(),
+      last_seen_at timestamptz NOT NULL DEFAULT now(),
+      last_attempt_at timestamptz, next_attempt_at timestamptz,
+      completed_at timestamptz,
+      PRIMARY KEY (shop, shopify_order_id));
+    CREATE INDEX bc_order_ledger_open_idx
+      ON bc_order_ledger (state) WHERE state <> 'created';
+    CREATE INDEX bc_order_ledger_extdoc_idx
+      ON bc_order_ledger (external_document_number);
+    INSERT INTO bc_order_ledger (shop, shopify_order_id,
+      shopify_order_name, external_document_number, state, attempts,
+      bc_document_type, bc_id, bc_number, resolved_by, first_seen_at)
+    VALUES
+      ('Acme-Demo.myshopify.com', $BASIC, '#1043', '$BASIC_DOC', 'created',
+       1, 'salesOrder', 'c0ffee00-0000-4000-8000-000000000001', '101001',
+       'post', now() - interval '1 hour'),
+      ('other.myshopify.com', $BASIC, '#1043', '$BASIC_DOC', 'new', 0,
+       NULL, NULL, NULL, NULL, now()),
+      ('ACME-DEMO.MYSHOPIFY.COM', 6021450011002, '#1044',
+       'SHOPIFY-6021450011002', 'failed', 1, NULL, NULL, NULL, NULL,
+       now());" >/dev/null
+xadd "$F/orders-create-basic.json" orders/create wh-after-migration
+drain
+ok "v1 ledger: drain exits 0" test $? = 0
+ok "v1 ledger: schema version 2 recorded" \
+    test "$(sq "SELECT max(version) FROM schema_version
+                WHERE component = 'worker'")" = 2
+ok "v1 ledger: one row per order id, the created one kept" \
+    test "$(sq "SELECT string_agg(shop || '/' || state, ','
+                ORDER BY shopify_order_id) FROM bc_order_ledger")" \
+    = "acme-demo.myshopify.com/created,acme-demo.myshopify.com/failed"
+ok "v1 ledger: the other row kept aside" \
+    test "$(sq "SELECT shop || '/' || shopify_order_id
+                FROM bc_order_ledger_v1_duplicates")" \
+    = "other.myshopify.com/$BASIC"
+ok "v1 ledger: the order id is the primary key" \
+    test "$(sq "SELECT string_agg(a.attname, ',') FROM pg_index i
+                JOIN pg_attribute a ON a.attrelid = i.indrelid
+                 AND a.attnum = ANY (i.indkey)
+                WHERE i.indrelid = 'bc_order_ledger'::regclass
+                  AND i.indisprimary")" = shopify_order_id
+ok "v1 ledger: a known order is a duplicate, not posted again" \
+    test "$(bc_count $BASIC_DOC)/$(pending)" = "0/0"
+drain
+ok "v2 ledger: a second start changes nothing" \
+    test "$? $(sq "SELECT count(*) FROM schema_version") \
+$(sq "SELECT count(*) FROM bc_order_ledger")" = "0 2 2"
 
 
 echo

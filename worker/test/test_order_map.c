@@ -539,6 +539,298 @@ test_invalid_orders(void **state)
 }
 
 
+/*
+ * Map the basic order after setting one field of line item `line` (1 is
+ * the first) or of the shipping line (line 0) to the JSON text `value`.
+ * Returns the mapping result, the message in err.
+ */
+static int
+map_with(map_state_t *ms, int line, const char *field, const char *value,
+    char *err, size_t errlen)
+{
+    int              rc;
+    json_t          *order, *target, *v;
+    json_error_t     jerr;
+    sbw_bc_order_t   o;
+
+    order = load_json("shopify/orders-create-basic.json");
+
+    target = line > 0
+             ? json_array_get(json_object_get(order, "line_items"),
+                              (size_t) line - 1)
+             : json_array_get(json_object_get(order, "shipping_lines"), 0);
+    assert_non_null(target);
+
+    v = json_loads(value, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+    if (v == NULL) {
+        fail_msg("bad test value %s: %s", value, jerr.text);
+    }
+
+    json_object_set_new(target, field, v);
+
+    rc = sbw_order_map(&ms->mc, order, &o, err, errlen);
+
+    if (rc == SBW_MAP_OK) {
+        sbw_order_free(&o);
+    }
+
+    json_decref(order);
+    return rc;
+}
+
+
+/* the mapping refuses the order and err contains every one of the parts */
+#define assert_refused(rc, err, ...)                                        \
+    do {                                                                    \
+        const char  *parts_[] = { __VA_ARGS__, NULL };                      \
+        size_t       i_;                                                    \
+                                                                            \
+        assert_int_equal((rc), SBW_MAP_INVALID);                            \
+        for (i_ = 0; parts_[i_] != NULL; i_++) {                            \
+            if (strstr((err), parts_[i_]) == NULL) {                        \
+                fail_msg("\"%s\" not in \"%s\"", parts_[i_], (err));        \
+            }                                                               \
+        }                                                                   \
+    } while (0)
+
+
+/*
+ * Prices and discounts below zero are not amounts BC should book: the
+ * order is refused, naming the line and the field.
+ */
+static void
+test_negative_amounts(void **state)
+{
+    int           rc;
+    char          err[1024];
+    map_state_t  *ms;
+
+    ms = *state;
+
+    rc = map_with(ms, 1, "price", "\"-1000.80\"", err, sizeof(err));
+    assert_refused(rc, err, "line 1 \"ATHENS Desk\" (id 15120450001001): ",
+                   "price -1000.80 is negative");
+
+    rc = map_with(ms, 2, "discount_allocations",
+                  "[{\"amount\": \"5.00\"}, {\"amount\": \"-5.00\"}]",
+                  err, sizeof(err));
+    assert_refused(rc, err, "line 2 \"PARIS Guest Chair\"",
+                   "discount allocation 2 amount -5.00 is negative");
+
+    rc = map_with(ms, 0, "price", "\"-49.00\"", err, sizeof(err));
+    assert_refused(rc, err, "shipping line 1: price -49.00 is negative");
+
+    rc = map_with(ms, 0, "discount_allocations",
+                  "[{\"amount\": \"-1.00\"}]", err, sizeof(err));
+    assert_refused(rc, err, "shipping line 1: discount allocation 1 amount "
+                   "-1.00 is negative");
+
+    /* a free line is fine */
+    rc = map_with(ms, 1, "price", "\"0.00\"", err, sizeof(err));
+    assert_int_equal(rc, SBW_MAP_OK);
+}
+
+
+/*
+ * A discount can take a line down to zero (4 x 192.80 = 771.20) but not
+ * below.
+ */
+static void
+test_discount_over_line_total(void **state)
+{
+    int           rc;
+    char          err[1024];
+    map_state_t  *ms;
+
+    ms = *state;
+
+    rc = map_with(ms, 2, "discount_allocations",
+                  "[{\"amount\": \"771.20\"}]", err, sizeof(err));
+    assert_int_equal(rc, SBW_MAP_OK);
+
+    rc = map_with(ms, 2, "discount_allocations",
+                  "[{\"amount\": \"700.00\"}, {\"amount\": \"71.21\"}]",
+                  err, sizeof(err));
+    assert_refused(rc, err, "line 2 \"PARIS Guest Chair\"",
+                   "discount 771.21 is more than the line total 771.20");
+
+    rc = map_with(ms, 0, "discount_allocations",
+                  "[{\"amount\": \"49.01\"}]", err, sizeof(err));
+    assert_refused(rc, err, "shipping line 1: discount 49.01 is more than "
+                   "the line total 49.00");
+}
+
+
+/*
+ * Quantities run from 1 to SBW_MAP_MAX_QUANTITY.  INT64_MAX used to be
+ * multiplied by the price (signed overflow).
+ */
+static void
+test_quantity_bounds(void **state)
+{
+    int           rc;
+    char          err[1024];
+    map_state_t  *ms;
+
+    ms = *state;
+
+    rc = map_with(ms, 1, "quantity", "0", err, sizeof(err));
+    assert_refused(rc, err, "line 1 \"ATHENS Desk\"",
+                   "quantity is not a positive integer");
+
+    rc = map_with(ms, 1, "quantity", "-2", err, sizeof(err));
+    assert_refused(rc, err, "line 1", "quantity is not a positive integer");
+
+    rc = map_with(ms, 2, "quantity", "1000000", err, sizeof(err));
+    assert_int_equal(rc, SBW_MAP_OK);
+
+    rc = map_with(ms, 2, "quantity", "1000001", err, sizeof(err));
+    assert_refused(rc, err, "line 2 \"PARIS Guest Chair\"",
+                   "quantity 1000001 is more than 1000000");
+
+    rc = map_with(ms, 1, "quantity", "9223372036854775807", err,
+                  sizeof(err));
+    assert_refused(rc, err, "line 1 \"ATHENS Desk\"",
+                   "quantity 9223372036854775807 is more than 1000000");
+}
+
+
+/*
+ * Every amount is at most SBW_MAP_MAX_CENTS (100000000000.00): a price, a
+ * discount, a line total (where quantity x price would overflow int64_t
+ * without the check) and the order total.
+ */
+static void
+test_amount_bounds(void **state)
+{
+    int           rc;
+    char          err[1024];
+    json_t       *order, *li;
+    map_state_t  *ms;
+    sbw_bc_order_t  o;
+
+    ms = *state;
+
+    rc = map_with(ms, 1, "price", "\"100000000000.01\"", err, sizeof(err));
+    assert_refused(rc, err, "line 1 \"ATHENS Desk\"",
+                   "price 100000000000.01 is more than 100000000000.00");
+
+    /* 1000000 x 99999999999.99 is about 10^19 cents: beyond int64_t */
+    order = load_json("shopify/orders-create-basic.json");
+    li = json_array_get(json_object_get(order, "line_items"), 0);
+    json_object_set_new(li, "quantity", json_integer(1000000));
+    json_object_set_new(li, "price", json_string("99999999999.99"));
+    rc = sbw_order_map(&ms->mc, order, &o, err, sizeof(err));
+    assert_refused(rc, err, "line 1 \"ATHENS Desk\"",
+                   "line total 1000000 x 99999999999.99 is more than "
+                   "100000000000.00");
+    json_decref(order);
+
+    rc = map_with(ms, 2, "discount_allocations",
+                  "[{\"amount\": \"100000000000.01\"}]", err, sizeof(err));
+    assert_refused(rc, err, "line 2",
+                   "discount allocation 1 amount 100000000000.01 is more "
+                   "than 100000000000.00");
+
+    rc = map_with(ms, 0, "price", "\"100000000000.01\"", err, sizeof(err));
+    assert_refused(rc, err, "shipping line 1: price 100000000000.01 is "
+                   "more than 100000000000.00");
+
+    /* each line within the bound, their sum not */
+    order = load_json("shopify/orders-create-basic.json");
+    li = json_array_get(json_object_get(order, "line_items"), 0);
+    json_object_set_new(li, "quantity", json_integer(1));
+    json_object_set_new(li, "price", json_string("100000000000.00"));
+    rc = sbw_order_map(&ms->mc, order, &o, err, sizeof(err));
+    assert_refused(rc, err, "order total is more than 100000000000.00");
+    json_decref(order);
+
+    /* exactly the bound is accepted */
+    order = load_json("shopify/orders-create-basic.json");
+    json_object_set_new(order, "shipping_lines", json_array());
+    json_array_remove(json_object_get(order, "line_items"), 1);
+    li = json_array_get(json_object_get(order, "line_items"), 0);
+    json_object_set_new(li, "quantity", json_integer(4));
+    json_object_set_new(li, "price", json_string("25000000000.00"));
+    assert_int_equal(sbw_order_map(&ms->mc, order, &o, err, sizeof(err)),
+                     SBW_MAP_OK);
+    assert_int_equal(o.lines_total, SBW_MAP_MAX_CENTS);
+    sbw_order_free(&o);
+    json_decref(order);
+}
+
+
+/*
+ * A line item or shipping line that is not a JSON object is named as
+ * such, not as a line without SKU.
+ */
+static void
+test_line_not_object(void **state)
+{
+    char             err[1024];
+    json_t          *order;
+    map_state_t     *ms;
+    sbw_bc_order_t   o;
+
+    ms = *state;
+
+    order = load_json("shopify/orders-create-basic.json");
+    json_array_insert_new(json_object_get(order, "line_items"), 0,
+                          json_integer(1));
+    json_array_append_new(json_object_get(order, "shipping_lines"),
+                          json_string("free"));
+
+    assert_int_equal(sbw_order_map(&ms->mc, order, &o, err, sizeof(err)),
+                     SBW_MAP_INVALID);
+    assert_string_equal(err, "line 1 is not an object; "
+                        "shipping line 2 is not an object");
+    json_decref(order);
+}
+
+
+/*
+ * "\u0000" is valid JSON: the body loads, and the order maps unless the
+ * NUL is in a string the mapping uses, where it is refused by name (as a
+ * C string the SKU would silently end at the NUL).
+ */
+static void
+test_nul_in_strings(void **state)
+{
+    int              rc;
+    char             err[1024];
+    json_t          *order;
+    map_state_t     *ms;
+    json_error_t     jerr;
+    sbw_bc_order_t   o;
+
+    static const char  body[] =
+        "{\"id\": 1, \"name\": \"#1\", \"note\": \"a\\u0000b\","
+        " \"line_items\": [{\"id\": 2, \"title\": \"Desk\","
+        " \"sku\": \"1896-S\", \"quantity\": 1, \"price\": \"1.00\"}]}";
+
+    ms = *state;
+
+    order = sbw_order_parse(body, sizeof(body) - 1, &jerr);
+    assert_non_null(order);
+    assert_int_equal(sbw_order_map(&ms->mc, order, &o, err, sizeof(err)),
+                     SBW_MAP_OK);
+    sbw_order_free(&o);
+    json_decref(order);
+
+    rc = map_with(ms, 1, "sku", "\"1896-S\\u0000X\"", err, sizeof(err));
+    assert_refused(rc, err, "line 1", "sku contains a NUL character");
+
+    rc = map_with(ms, 2, "title", "\"Chair\\u0000\"", err, sizeof(err));
+    assert_refused(rc, err, "line 2", "title contains a NUL character");
+
+    order = load_json("shopify/orders-create-basic.json");
+    json_object_set_new(order, "currency", json_stringn("US\0D", 4));
+    assert_refused(sbw_order_map(&ms->mc, order, &o, err, sizeof(err)), err,
+                   "currency contains a NUL character");
+    json_decref(order);
+}
+
+
 int
 test_order_map_run(int *ran)
 {
@@ -557,6 +849,12 @@ test_order_map_run(int *ran)
         cmocka_unit_test(test_external_doc_number),
         cmocka_unit_test(test_description_truncated),
         cmocka_unit_test(test_invalid_orders),
+        cmocka_unit_test(test_negative_amounts),
+        cmocka_unit_test(test_discount_over_line_total),
+        cmocka_unit_test(test_quantity_bounds),
+        cmocka_unit_test(test_amount_bounds),
+        cmocka_unit_test(test_line_not_object),
+        cmocka_unit_test(test_nul_in_strings),
     };
 
     *ran += (int) (sizeof(tests) / sizeof(tests[0]));

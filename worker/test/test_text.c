@@ -171,6 +171,30 @@ test_odata_quote(void **state)
 }
 
 
+/*
+ * Shop domains are stored and compared in lower case; a value that does
+ * not fit is refused rather than cut.
+ */
+static void
+test_ascii_lower(void **state)
+{
+    char  out[32];
+
+    (void) state;
+
+    assert_int_equal(sbw_ascii_lower("ACME-Demo.MyShopify.com", out,
+                                     sizeof(out)), 0);
+    assert_string_equal(out, "acme-demo.myshopify.com");
+
+    assert_int_equal(sbw_ascii_lower("\xc3\x84x-9", out, sizeof(out)), 0);
+    assert_string_equal(out, "\xc3\x84x-9");
+
+    assert_int_equal(sbw_ascii_lower("abcdefgh", out, 9), 0);
+    assert_int_equal(sbw_ascii_lower("abcdefghi", out, 9), -1);
+    assert_string_equal(out, "");
+}
+
+
 int
 test_text_run(int *ran)
 {
@@ -181,6 +205,7 @@ test_text_run(int *ran)
         cmocka_unit_test(test_astral_counts_two),
         cmocka_unit_test(test_code35_normalize),
         cmocka_unit_test(test_odata_quote),
+        cmocka_unit_test(test_ascii_lower),
     };
 
     *ran += (int) (sizeof(tests) / sizeof(tests[0]));

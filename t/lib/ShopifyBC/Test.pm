@@ -4,6 +4,15 @@ package ShopifyBC::Test;
 # PostgreSQL database and worker, all on loopback, all stopped at exit.
 # Redis is the suite's shared instance (TEST_NGINX_REDIS_PORT, started by
 # scripts/test.sh); PostgreSQL comes from pg_virtualenv's PG* variables.
+# The logs live in a temporary directory removed at exit: when the file
+# fails, the last 40 lines of each (workers, sandboxes, nginx error logs)
+# are printed first.
+#
+# With TEST_NGINX_USE_VALGRIND set, nginx runs in the foreground under
+# valgrind's memcheck (workers included) and the waits are longer.  At exit
+# every nginx gets QUIT, valgrind's logs are read (Test::Nginx::Valgrind),
+# and a report with a frame in our module makes the test file exit non-zero
+# after the reports are printed.  Other reports are printed only.
 
 use strict;
 use warnings;
@@ -19,6 +28,8 @@ use JSON::PP;
 use Digest::SHA qw(hmac_sha256_base64);
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(sleep time);
+use Test::Nginx::Valgrind qw(valgrind_enabled valgrind_command
+                             valgrind_slowdown valgrind_summary);
 
 our @EXPORT = qw(
     top fixture fixture_headers expected sign json
@@ -28,6 +39,7 @@ our @EXPORT = qw(
     start_nginx deliver
     create_database psql
     start_worker stop_worker worker_env
+    slowdown
 );
 
 my $TOP = $ENV{SHOPIFY_BC_TOP} || abs_path(dirname(__FILE__) . '/../../..');
@@ -38,6 +50,11 @@ chmod 0755, $TMP;
 my @CHILDREN;
 my %NGINX;
 my $OWNER = $$;     # forked helpers must not tear the stack down
+
+my $VALGRIND = valgrind_enabled();
+
+# how many times longer things take than usual: 1, or 10 under valgrind
+sub slowdown { valgrind_slowdown() }
 
 sub top { $TOP }
 sub json { $JSON }
@@ -175,13 +192,14 @@ sub start_nginx {
     my $redis_options = $opt{redis_options} // '';
     my $workers = $opt{workers} // 2;
     my $user = $> == 0 ? 'user root;' : '';
+    my $daemon = $VALGRIND ? 'off' : 'on';
     my $so = "$TOP/build/nginx/ngx_http_shopify_module.so";
     open my $fh, '>', "$dir/conf/nginx.conf" or die $!;
     print $fh <<"CONF";
 load_module $so;
 $user
 worker_processes $workers;
-daemon on;
+daemon $daemon;
 pid $dir/logs/nginx.pid;
 error_log $dir/logs/error.log $log_level;
 events { worker_connections 256; }
@@ -210,14 +228,58 @@ http {
 CONF
     close $fh;
     my $bin = $ENV{TEST_NGINX_BINARY} || 'nginx';
-    system($bin, '-p', "$dir/", '-c', 'conf/nginx.conf', '-e',
-           "$dir/logs/error.log") == 0
-        or die "nginx did not start; see $dir/logs/error.log\n";
-    wait_port($port, 'nginx');
+    my @cmd = ($bin, '-p', "$dir/", '-c', 'conf/nginx.conf', '-e',
+               "$dir/logs/error.log");
+    if ($VALGRIND) {
+        start_valgrind_nginx($dir, $port, @cmd);
+    } else {
+        system(@cmd) == 0
+            or die "nginx did not start; see $dir/logs/error.log\n";
+        wait_port($port, 'nginx');
+    }
     $NGINX{$port} = $dir;
     return { port => $port, dir => $dir, secret => $secret,
              url => "http://127.0.0.1:$port/webhooks/shopify",
              error_log => "$dir/logs/error.log" };
+}
+
+# Valgrind mode: nginx stays in the foreground, so it is started the way
+# a daemon detaches: through an intermediate process that exits, which
+# leaves nginx to init.  The test files then see it as they see a
+# daemonised nginx (kill 0 on its pid fails once it is gone; nothing
+# here has to reap it).
+sub start_valgrind_nginx {
+    my ($dir, $port, @nginx) = @_;
+    my @cmd = (valgrind_command("$dir/logs", 1), @nginx);
+    pipe my $r, my $w or die "pipe: $!";
+    my $mid = fork // die "fork: $!";
+    if ($mid == 0) {
+        close $r;
+        my $pid = fork;
+        POSIX::_exit(1) unless defined $pid;
+        if ($pid) {
+            print $w "$pid\n";
+            close $w;
+            POSIX::_exit(0);
+        }
+        close $w;
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$dir/logs/nginx-start.log";
+        open STDERR, '>&', \*STDOUT;
+        exec @cmd or print STDERR "exec $cmd[0]: $!\n";
+        POSIX::_exit(127);
+    }
+    close $w;
+    my $pid = <$r>;
+    close $r;
+    waitpid $mid, 0;
+    chomp($pid //= '');
+    die "cannot start valgrind\n" unless $pid =~ /^\d+$/;
+    wait_until("nginx under valgrind on port $port", 120, sub {
+        die "nginx under valgrind exited; see $dir/logs/error.log and"
+            . " $dir/logs/nginx-start.log\n" unless kill 0, $pid;
+        IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 1);
+    });
 }
 
 # one Shopify-style delivery; returns the HTTP status (599: no answer)
@@ -232,7 +294,7 @@ sub deliver {
         %h,
     );
     delete $headers{$_} for grep { !defined $headers{$_} } keys %headers;
-    my $res = HTTP::Tiny->new(timeout => 5)->request(
+    my $res = HTTP::Tiny->new(timeout => 5 * slowdown())->request(
         'POST', $nginx->{url}, { content => $body, headers => \%headers });
     return $res->{status};
 }
@@ -289,6 +351,22 @@ sub worker_env {
     );
 }
 
+# the last $n lines of a file, as one string ('' if it cannot be read)
+sub log_tail {
+    my ($path, $n) = @_;
+    open my $fh, '<', $path or return '';
+    my @lines = <$fh>;
+    close $fh;
+    splice @lines, 0, @lines - $n if @lines > $n;
+    return join '', @lines;
+}
+
+# Starts the worker and returns once it is ready: its GET /health answers
+# 200, which it does only after the consumer group exists and the ledger
+# migration has committed.  With METRICS_ADDR=off, once the ledger table
+# exists.  A worker that exits first, or is not ready within
+# ready_timeout seconds (30), is an error that shows its log.  A --drain
+# or --once worker that has already finished with status 0 is fine.
 sub start_worker {
     my (%opt) = @_;
     my %env = worker_env(%opt);
@@ -303,28 +381,100 @@ sub start_worker {
             or die "exec worker: $!";
     }
     push @CHILDREN, $pid;
-    return { pid => $pid, log => $log };
+    my $w = { pid => $pid, log => $log };
+    worker_ready($w, \%env, $opt{ready_timeout} // 30);
+    return $w;
+}
+
+sub worker_ready {
+    my ($w, $env, $timeout) = @_;
+    my ($host, $port) = ($env->{METRICS_ADDR} // '') =~ /^\[?(.*?)\]?:(\d+)$/;
+    $host = '127.0.0.1' if defined $host && $host eq '';
+    $host = "[$host]" if defined $host && $host =~ /:/;
+    my $http = HTTP::Tiny->new(timeout => 1);
+    my $deadline = time + $timeout;
+    while (time < $deadline) {
+        if (waitpid($w->{pid}, WNOHANG) == $w->{pid}) {
+            my $status = $? >> 8;
+            @CHILDREN = grep { $_ != $w->{pid} } @CHILDREN;
+            $w->{exited} = $?;
+            return if $? == 0;
+            die "worker exited with status $status before it was ready;"
+                . " last lines of $w->{log}:\n" . log_tail($w->{log}, 40);
+        }
+        if (defined $port) {
+            return if $http->get("http://$host:$port/health")->{status}
+                      == 200;
+        } else {
+            my ($row) = eval { psql($env->{DATABASE_URL},
+                "SELECT to_regclass('bc_order_ledger') IS NOT NULL") };
+            return if $row && $row->[0] eq 't';
+        }
+        sleep 0.1;
+    }
+    die "worker not ready after ${timeout}s ("
+        . (defined $port ? "GET /health never answered 200"
+                         : 'no bc_order_ledger table')
+        . "); last lines of $w->{log}:\n" . log_tail($w->{log}, 40);
 }
 
 sub stop_worker {
     my ($w, $signal) = @_;
+    return $w->{exited} if defined $w->{exited};
     kill $signal // 'TERM', $w->{pid};
     waitpid $w->{pid}, 0;
     @CHILDREN = grep { $_ != $w->{pid} } @CHILDREN;
     return $? ;
 }
 
+# Valgrind mode, at exit: read the logs of every nginx this file
+# started.  Returns false when one has a report from our code, or never
+# got to valgrind's exit checks.
+sub check_valgrind_logs {
+    my ($ok, %shown, $logs) = (1);
+    for my $dir (sort values %NGINX) {
+        my @files = sort glob "$dir/logs/valgrind-*.log";
+        $logs += @files;
+        my ($ours, $others, $incomplete) = valgrind_summary(@files);
+        if (!@files) {
+            Test::More::diag("valgrind wrote no log in $dir/logs");
+            $ok = 0;
+        }
+        for my $rep (@$incomplete) {
+            Test::More::diag($rep->{head});
+            $ok = 0;
+        }
+        $ok = 0 if @$ours;
+        for my $rep (@$ours, @$others) {
+            next if $shown{$rep->{sig}}++;
+            Test::More::diag("valgrind, "
+                . ($rep->{ours} ? 'from our code' : 'not from our code'
+                                  . ' (not a failure)')
+                . " (pid $rep->{pid}, $dir):\n$rep->{text}");
+        }
+    }
+    Test::More::diag(sprintf "valgrind: %d log(s) of %d nginx: %s",
+        $logs // 0, scalar keys %NGINX,
+        $ok ? 'nothing from our code' : 'FAILED, see above');
+    return $ok;
+}
+
 END {
     return unless $$ == $OWNER;
     my $status = $?;
+    # under valgrind the exit includes the leak check of every process
+    my $wait = $VALGRIND ? 1800 : 50;
     for my $dir (values %NGINX) {
         my $pidfile = "$dir/logs/nginx.pid";
         next unless -f $pidfile;
         my $pid = slurp($pidfile);
         chomp $pid;
         kill 'QUIT', $pid;
-        for (1 .. 50) { last unless kill 0, $pid; sleep 0.1 }
+        for (1 .. $wait) { last unless kill 0, $pid; sleep 0.1 }
         kill 'KILL', $pid if kill 0, $pid;
+    }
+    if ($VALGRIND && %NGINX && !check_valgrind_logs()) {
+        $status ||= 1;
     }
     for my $pid (@CHILDREN) {
         kill 'TERM', $pid;
@@ -336,6 +486,18 @@ END {
     }
     if ($status && $ENV{SHOPIFY_BC_KEEP_LOGS}) {
         system("cat $TMP/*.log >&2");
+    }
+    # the logs go with the temporary directory: show why a file failed
+    my $failed = $status || (Test::Builder->can('new')
+                             && !Test::Builder->new->is_passing);
+    if ($failed) {
+        for my $log (sort(glob("$TMP/*.log")),
+                     map { "$_/logs/error.log" } sort values %NGINX) {
+            my $tail = log_tail($log, 40);
+            next unless length $tail;
+            my $n = () = $tail =~ /\n/g;
+            Test::More::diag("last $n lines of $log:\n$tail");
+        }
     }
     $? = $status;
 }

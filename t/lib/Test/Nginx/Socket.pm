@@ -22,6 +22,12 @@ package Test::Nginx::Socket;
 # again.  Blocks run in file order.  Any section name the runner does not
 # know stops the run (BAIL_OUT), so an unsupported feature is never
 # silently ignored.  Server-side details are in Test::Nginx::Util.
+#
+# With TEST_NGINX_USE_VALGRIND set, nginx runs under valgrind's memcheck
+# and every block gets one more test, "<file> TEST N: title - valgrind
+# clean", which fails when valgrind reported an error or leak with a stack
+# frame in our module (Test::Nginx::Valgrind says which frames count).
+# "plan tests => N" is raised by the number of blocks to match.
 
 use strict;
 use warnings;
@@ -45,7 +51,7 @@ use Time::HiRes ();
 use Test::Nginx::Util qw(
     :preamble parse_time expand_env write_config setup_server_root
     reset_html_dir write_user_files start_nginx stop_nginx
-    mark_error_log new_error_log_lines block_log_tail
+    mark_error_log new_error_log_lines block_log_tail check_valgrind
 );
 
 # What a test file gets besides all of Test::More.
@@ -112,6 +118,7 @@ sub eval {
 package Test::Nginx::Socket;
 
 my $Spec;
+my $DeferredPlan;   # valgrind mode: "use ... tests => N" before blocks
 
 sub spec {
     return $Spec if $Spec;
@@ -155,6 +162,7 @@ sub import {
 
     no strict 'refs';
     for my $sym (@Test::More::EXPORT) {
+        next if $sym eq 'plan';     # ours, below
         if ($sym =~ /^\$(\w+)$/) {
             *{"${caller}::$1"} = \${"Test::More::$1"};
         } else {
@@ -164,9 +172,30 @@ sub import {
     for my $sym (@EXPORT) {
         *{"${caller}::$sym"} = \&{__PACKAGE__ . "::$sym"};
     }
+    *{"${caller}::plan"} = \&plan;
 
     # use Test::Nginx::Socket 'no_plan';  use ... tests => 10;
-    Test::More::plan(@plan) if @plan;
+    # Under valgrind a test count waits for run_tests(): the blocks, which
+    # each add a test, cannot be counted before __DATA__ is readable.
+    if ($Test::Nginx::Util::UseValgrind && @plan == 2
+        && $plan[0] eq 'tests')
+    {
+        $DeferredPlan = $plan[1];
+    } elsif (@plan) {
+        Test::More::plan(@plan);
+    }
+}
+
+# Test::More's plan(), except that in valgrind mode "tests => N" gets one
+# more test per block (the "valgrind clean" one).
+sub plan {
+    my (@plan) = @_;
+    if ($Test::Nginx::Util::UseValgrind && @plan == 2
+        && $plan[0] eq 'tests')
+    {
+        $plan[1] += scalar blocks();
+    }
+    return Test::More::plan(@plan);
 }
 
 sub is_string { Test::LongString::is_string($_[0], $_[1], $_[2]) }
@@ -1068,6 +1097,11 @@ sub run_block {
         $Builder->skip("nginx did not start")
             for 2 .. $per_repeat * $repeats;
         $Extra++ if $per_repeat * $repeats == 0;
+        if ($Test::Nginx::Util::UseValgrind) {
+            # One that never listened may still be running.
+            stop_nginx();
+            check_block_valgrind($name);
+        }
         return;
     }
 
@@ -1092,7 +1126,54 @@ sub run_block {
         diag("error.log of this block (last lines):\n" . block_log_tail());
     }
 
-    stop_nginx() unless $is_last && $Test::Nginx::Util::NoClean;
+    if ($is_last && $Test::Nginx::Util::NoClean) {
+        $Builder->skip("TEST_NGINX_NO_CLEAN keeps nginx running, so"
+                       . " valgrind has not checked it")
+            if $Test::Nginx::Util::UseValgrind;
+        return;
+    }
+
+    stop_nginx();
+    check_block_valgrind($name) if $Test::Nginx::Util::UseValgrind;
+}
+
+# Valgrind reports already shown in full in this file, by signature
+# (the same leak shows up in every block whose config reaches it).
+my %ValgrindShown;
+
+# The block's "valgrind clean" test, once its nginx has exited.
+sub check_block_valgrind {
+    my ($name) = @_;
+    my ($ours, $others, $incomplete, $nlogs) = check_valgrind();
+    my $title = "$name - valgrind clean";
+
+    if (!$nlogs) {
+        fail($title);
+        diag("$name - valgrind wrote no log in "
+             . "$Test::Nginx::Util::LogDir (see "
+             . "$Test::Nginx::Util::StartLog)");
+        return;
+    }
+
+    ok(!@$ours && !@$incomplete, $title);
+
+    diag("$name - $_->{head}") for @$incomplete;
+
+    for my $set ([$ours, 'from our code'],
+                 [$others, 'not from our code, not a failure'])
+    {
+        my ($reports, $what) = @$set;
+        my $again = 0;
+        for my $r (@$reports) {
+            if ($ValgrindShown{$r->{sig}}++) {
+                $again++;
+                next;
+            }
+            diag("$name - valgrind, $what (pid $r->{pid}):\n$r->{text}");
+        }
+        diag("$name - valgrind: $again more report(s) $what, the same"
+             . " as shown above") if $again;
+    }
 }
 
 sub run_tests {
@@ -1113,6 +1194,11 @@ sub run_tests {
         diag("shuffling blocks, TEST_NGINX_SHUFFLE_SEED=$seed");
         srand $seed;
         @blocks = List::Util::shuffle(@blocks);
+    }
+
+    if (defined $DeferredPlan) {
+        Test::More::plan(tests => $DeferredPlan + @blocks);
+        undef $DeferredPlan;
     }
 
     setup_server_root();

@@ -19,6 +19,8 @@ use POSIX ();
 use Test::More ();
 use Time::HiRes ();
 
+use Test::Nginx::Valgrind qw(valgrind_command valgrind_summary);
+
 our @EXPORT_OK = qw(
     repeat_each no_long_string log_level master_on master_off
     master_process_enabled workers worker_connections env_to_nginx
@@ -27,7 +29,7 @@ our @EXPORT_OK = qw(
 
     parse_time expand_env write_config setup_server_root reset_html_dir
     write_user_files start_nginx stop_nginx nginx_pid mark_error_log
-    new_error_log_lines block_log_tail
+    new_error_log_lines block_log_tail check_valgrind
 );
 
 our %EXPORT_TAGS = (
@@ -51,14 +53,21 @@ sub env_or {
     return (defined $v && $v ne '') ? $v : $default;
 }
 
+# Valgrind mode (TEST_NGINX_USE_VALGRIND, see Test::Nginx::Valgrind and
+# t/README.md): nginx runs in the foreground under memcheck, started and
+# reaped by the runner, and the default request timeout, the error.log
+# settle time and the start/stop limits are $Slowdown times longer.
+our $UseValgrind = Test::Nginx::Valgrind::valgrind_enabled();
+our $Slowdown    = Test::Nginx::Valgrind::valgrind_slowdown();
+
 our $NginxBinary = env_or('TEST_NGINX_BINARY', 'nginx');
 our $ServerAddr  = env_or('TEST_NGINX_SERVER_ADDR', '127.0.0.1');
 our $ServerPort  = env_or('TEST_NGINX_SERVER_PORT',
                           env_or('TEST_NGINX_PORT', 1984));
 our $ClientPort  = env_or('TEST_NGINX_CLIENT_PORT', $ServerPort);
 our $LogLevel    = env_or('TEST_NGINX_LOG_LEVEL', 'debug');
-our $Timeout     = env_or('TEST_NGINX_TIMEOUT', 3);
-our $Sleep       = env_or('TEST_NGINX_SLEEP', 0.015);
+our $Timeout     = parse_time(env_or('TEST_NGINX_TIMEOUT', 3)) * $Slowdown;
+our $Sleep       = env_or('TEST_NGINX_SLEEP', 0.015) * $Slowdown;
 our $NoClean     = env_or('TEST_NGINX_NO_CLEAN', 0);
 our $Shuffle     = env_or('TEST_NGINX_SHUFFLE', 0);
 our $Verbose     = env_or('TEST_NGINX_VERBOSE', 0);
@@ -74,8 +83,9 @@ our @EnvToNginx;
 our @BlockPreprocessors;
 
 # How long nginx gets to come up, and to go away after each signal.
-our $StartTimeout = 10;
-our $StopTimeout  = 5;
+# Under valgrind, start-up and the leak check at exit take seconds.
+our $StartTimeout = $UseValgrind ? 120 : 10;
+our $StopTimeout  = $UseValgrind ? 180 : 5;
 
 our $ServRoot = File::Spec->rel2abs(
     env_or('TEST_NGINX_SERVROOT',
@@ -476,7 +486,9 @@ sub write_config {
     $conf .= "$_\n" for load_module_lines();
     $conf .= "user root;\n" if $> == 0;
     $conf .= "worker_processes $Workers;\n";
-    $conf .= "daemon on;\n";
+    # Under valgrind nginx stays in the foreground: the runner started it
+    # and waits for it, so that the leak report is written.
+    $conf .= $UseValgrind ? "daemon off;\n" : "daemon on;\n";
     $conf .= "master_process $MasterProcessEnabled;\n";
     $conf .= "error_log $ErrLogFile $level;\n";
     $conf .= "pid $PidFile;\n";
@@ -524,6 +536,8 @@ sub write_config {
 
 my $NginxPid;       # pid from logs/nginx.pid of the running server
 my $OwnerPid = $$;  # END must not act in a forked child
+my $ChildPid;       # valgrind mode: the nginx we forked (same as $NginxPid)
+my %ValgrindSeen;   # valgrind logs already looked at, by path
 
 sub nginx_pid { $NginxPid }
 
@@ -546,6 +560,8 @@ sub start_nginx {
 
     my @cmd = ($NginxBinary, '-p', "$ServRoot/", '-c', $ConfFile);
     push @cmd, '-e', $ErrLogFile if nginx_has_e_switch();
+
+    return start_nginx_valgrind(@cmd) if $UseValgrind;
 
     # Output goes to a file, not a pipe: a daemonised nginx may keep
     # its stderr open, and a pipe would then never see end-of-file.
@@ -584,11 +600,75 @@ sub start_nginx {
     return ($pid);
 }
 
+# Valgrind mode: nginx runs in the foreground ("daemon off" in the
+# config) as our child, so the pid we fork is nginx's pid (valgrind runs
+# the program in its own process).  Forked workers (master_on()) stay
+# under valgrind too; --trace-children also covers an exec'd nginx.
+sub start_nginx_valgrind {
+    my (@nginx) = @_;
+    my @cmd = (valgrind_command($LogDir, $MasterProcessEnabled eq 'on'),
+               @nginx);
+
+    my $pid = fork;
+    return (undef, "cannot fork: $!") unless defined $pid;
+
+    if ($pid == 0) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>', $StartLog;
+        open STDERR, '>&', \*STDOUT;
+        exec @cmd or print STDERR "cannot run $cmd[0]: $!\n";
+        POSIX::_exit(127);
+    }
+
+    $ChildPid = $NginxPid = $pid;
+
+    my $ready = wait_until($StartTimeout, sub {
+        return 1 if port_listening($ServerPort);
+        return 1 if !is_running($pid);
+        return 0;
+    });
+
+    if (!is_running($pid)) {
+        reap_child();
+        undef $NginxPid;
+        my $output = slurp($StartLog) // '';
+        return (undef, "\"@cmd\" exited with status " . ($? >> 8)
+                       . "\n$output");
+    }
+
+    if (!$ready) {
+        return (undef, "nginx under valgrind (pid $pid) did not listen on"
+                       . " port $ServerPort within ${StartTimeout}s\n"
+                       . (slurp($StartLog) // ''));
+    }
+
+    return ($pid);
+}
+
+# Collect our exited nginx so that it leaves no zombie behind.
+sub reap_child {
+    return unless defined $ChildPid;
+    my $r = waitpid $ChildPid, 0;
+    undef $ChildPid;
+    return $r;
+}
+
+# Valgrind logs of this server root not looked at yet: the block that
+# just ran wrote them (each block's nginx has new pids).  Returns
+# (\@ours, \@others, \@incomplete, number of logs); see
+# Test::Nginx::Valgrind::valgrind_summary.
+sub check_valgrind {
+    my @files = grep { !$ValgrindSeen{$_}++ }
+                sort glob "$LogDir/valgrind-*.log";
+    return (valgrind_summary(@files), scalar @files);
+}
+
 # Stop the server: QUIT, then TERM, then KILL, each given $StopTimeout
 # seconds.  The pid file names the master when master_on() is in effect,
-# so the whole process tree goes down through it.
+# so the whole process tree goes down through it.  Under valgrind the
+# QUIT is waited for until valgrind has written its leak report.
 sub stop_nginx {
-    my $pid = $NginxPid // read_pid_file();
+    my $pid = $NginxPid // $ChildPid // read_pid_file();
     undef $NginxPid;
     return unless $pid;
 
@@ -604,6 +684,8 @@ sub stop_nginx {
         bail_out("cannot stop nginx (pid $pid)");
     }
 
+    reap_child() if defined $ChildPid && $ChildPid == $pid;
+
     # A killed nginx leaves its pid file behind.
     unlink $PidFile;
 
@@ -618,8 +700,9 @@ sub stop_leftover_nginx {
     my $pid = read_pid_file();
     return unless $pid && is_running($pid);
 
+    # Under valgrind the executable is valgrind's memcheck tool.
     my $exe = readlink "/proc/$pid/exe";
-    return if defined $exe && $exe !~ /nginx/;
+    return if defined $exe && $exe !~ /nginx|memcheck|valgrind/;
 
     $NginxPid = $pid;
     stop_nginx();
