@@ -2154,19 +2154,37 @@ def deliver_once(url, headers, body, insecure):
         conn.endheaders(body)
         sock.settimeout(max(0.01, deadline - time.monotonic()))
         resp = conn.getresponse()
+        head = b""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise socket.timeout("total time budget of 5 s exceeded")
             sock.settimeout(left)
-            if not resp.read(65536):
+            chunk = resp.read(65536)
+            if not chunk:
                 break
-        return resp.status
+            if len(head) < 4096:
+                head += chunk[:4096 - len(head)]
+        return resp.status, answer_word(head)
     finally:
         try:
             sock.close()
         except OSError:
             pass
+
+
+def answer_word(body):
+    """The receiver's one-word verdict, when it gives one as JSON
+    ({"status": "duplicate"} from the intake), else ""."""
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except ValueError:
+        return ""
+    if isinstance(doc, dict):
+        word = doc.get("status") or doc.get("error")
+        if isinstance(word, str) and len(word) <= 64:
+            return word.replace(" ", "_")
+    return ""
 
 
 def cmd_send(args):
@@ -2214,12 +2232,13 @@ def cmd_send(args):
                 headers[k] = v
         hlist = list(headers.items())
         for copy in range(1 + args.duplicates):
-            attempts, final = 0, "none"
+            attempts, final, word = 0, "none", ""
             ok = False
             while True:
                 attempts += 1
                 try:
-                    st = deliver_once(args.url, hlist, body, args.insecure)
+                    st, word = deliver_once(args.url, hlist, body,
+                                            args.insecure)
                     final = str(st)
                     ok = 200 <= st < 300
                 except (OSError, http.client.HTTPException) as e:
@@ -2228,8 +2247,9 @@ def cmd_send(args):
                     break
                 delay = delays[min(attempts - 1, len(delays) - 1)] if delays else 0
                 time.sleep(delay)
-            print("%s webhook_id=%s status=%s attempts=%d%s" % (
-                os.path.basename(path), headers.get("X-Shopify-Webhook-Id", "-"), final, attempts,
+            print("%s webhook_id=%s status=%s%s attempts=%d%s" % (
+                os.path.basename(path), headers.get("X-Shopify-Webhook-Id", "-"), final,
+                " answer=%s" % word if word else "", attempts,
                 " duplicate=%d" % copy if copy else ""), flush=True)
             if not ok:
                 failed += 1

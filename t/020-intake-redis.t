@@ -59,6 +59,23 @@ for my $name (qw(orders-create-basic.json orders-create-unicode.json
         "$name: body stored byte for byte (" . length($body) . " bytes)";
 }
 
+# --- the Shopify-side sender shows the intake's verdict ------------------
+
+{
+    my $top = top();
+    open my $fh, '-|', 'python3', "$top/sandbox/sandbox.py", 'send',
+        '--url', $nginx->{url}, '--secret', $nginx->{secret},
+        '--webhook-id', "$run-sender", '--event-id', "$run-sender",
+        '--duplicates', 1,
+        "$top/fixtures/shopify/orders-create-basic.json" or die $!;
+    my $out = do { local $/; <$fh> };
+    close $fh;
+    like $out, qr/status=200 answer=accepted attempts=1\n/,
+        'sender: the first copy is accepted';
+    like $out, qr/status=200 answer=duplicate attempts=1 duplicate=1\n/,
+        'sender: the second is reported as a duplicate';
+}
+
 # --- racing duplicates give one entry -----------------------------------
 
 {
