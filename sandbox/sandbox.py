@@ -671,6 +671,28 @@ def build_line(company, order, raw, default_seq, used_seqs):
     return line
 
 
+
+def resolve_customer(company, v, id_key, number_key, role):
+    """The customer an order names by id and/or number, as BC resolves
+    it (role: "sell-to" or "bill-to"); None when it names none."""
+    customer = None
+    if id_key in v:
+        customer = company.customer_by_id(v[id_key])
+        if customer is None:
+            raise ApiError(400, "Application_DialogException",
+                           "The %s customer cannot be found." % role)
+    if number_key in v:
+        if customer is not None:
+            if customer["number"] != v[number_key]:
+                raise ApiError(400, "Application_DialogException",
+                               "The %s customer values do not match to a specific Customer." % role)
+        else:
+            customer = company.customers.get(v[number_key])
+            if customer is None:
+                raise ApiError(400, "Application_DialogException",
+                               "The %s customer cannot be found." % role)
+    return customer
+
 def build_order(company, body):
     """Validate a POST salesOrders body (deep insert included) and return a new order; raise on any error."""
     check_properties(body, ORDER_FIELDS, ORDER_READONLY, "salesOrder", allow=("salesOrderLines", "number"))
@@ -682,34 +704,8 @@ def build_order(company, body):
     for name, kind, maxlen in ORDER_FIELDS:
         if name in body:
             v[name] = coerce(name, kind, maxlen, body[name])
-    customer = None
-    if "customerId" in v:
-        customer = company.customer_by_id(v["customerId"])
-        if customer is None:
-            raise ApiError(400, "Application_DialogException", "The sell-to customer cannot be found.")
-    if "customerNumber" in v:
-        if customer is not None:
-            if customer["number"] != v["customerNumber"]:
-                raise ApiError(400, "Application_DialogException",
-                               "The sell-to customer values do not match to a specific Customer.")
-        else:
-            customer = company.customers.get(v["customerNumber"])
-            if customer is None:
-                raise ApiError(400, "Application_DialogException", "The sell-to customer cannot be found.")
-    bill_to = None
-    if "billToCustomerId" in v:
-        bill_to = company.customer_by_id(v["billToCustomerId"])
-        if bill_to is None:
-            raise ApiError(400, "Application_DialogException", "The bill-to customer cannot be found.")
-    if "billToCustomerNumber" in v:
-        if bill_to is not None:
-            if bill_to["number"] != v["billToCustomerNumber"]:
-                raise ApiError(400, "Application_DialogException",
-                               "The bill-to customer values do not match to a specific Customer.")
-        else:
-            bill_to = company.customers.get(v["billToCustomerNumber"])
-            if bill_to is None:
-                raise ApiError(400, "Application_DialogException", "The bill-to customer cannot be found.")
+    customer = resolve_customer(company, v, "customerId", "customerNumber", "sell-to")
+    bill_to = resolve_customer(company, v, "billToCustomerId", "billToCustomerNumber", "bill-to")
     currency = None
     if "currencyId" in v:
         if v["currencyId"] == ZERO_GUID:
