@@ -671,7 +671,6 @@ def build_line(company, order, raw, default_seq, used_seqs):
     return line
 
 
-
 def resolve_customer(company, v, id_key, number_key, role):
     """The customer an order names by id and/or number, as BC resolves
     it (role: "sell-to" or "bill-to"); None when it names none."""
