@@ -19,6 +19,7 @@
 
 #include "backoff.h"
 #include "bc.h"
+#include "customer.h"
 #include "log.h"
 #include "metrics.h"
 #include "text.h"
@@ -64,11 +65,21 @@ typedef struct {
 } sbw_bc_hdrs_t;
 
 
+/* a request body that libcurl may read once and never rewind */
+typedef struct {
+    const char  *data;
+    size_t       len;
+    size_t       off;
+} sbw_bc_body_t;
+
+
 static double sbw_now(void);
 static size_t sbw_bc_write(char *ptr, size_t size, size_t nmemb, void *ud);
 static size_t sbw_bc_header(char *ptr, size_t size, size_t nmemb, void *ud);
+static size_t sbw_bc_read(char *ptr, size_t size, size_t nmemb, void *ud);
+static int sbw_bc_no_seek(void *ud, curl_off_t offset, int origin);
 static int sbw_bc_perform(CURL *curl, const sbw_config_t *conf,
-    const char *method, const char *url, const char *body,
+    const char *method, const char *url, const char *body, int once,
     struct curl_slist *hdrs, sbw_bc_result_t *res);
 static void sbw_bc_parse_error(sbw_bc_result_t *res);
 static int sbw_bc_token(sbw_bc_t *bc, long stale_gen, char **token,
@@ -435,18 +446,63 @@ sbw_bc_parse_error(sbw_bc_result_t *res)
 
 
 /*
+ * libcurl read callback for a body sent once (sbw_bc_body_t).
+ */
+static size_t
+sbw_bc_read(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    size_t          n;
+    sbw_bc_body_t  *b;
+
+    b = ud;
+    n = b->len - b->off;
+
+    if (n > size * nmemb) {
+        n = size * nmemb;
+    }
+
+    memcpy(ptr, b->data + b->off, n);
+    b->off += n;
+
+    return n;
+}
+
+
+/*
+ * libcurl seek callback that refuses every rewind.  When a reused
+ * connection dies before any byte of the answer came, libcurl silently
+ * sends the request again on a new connection, which it can do only by
+ * rewinding the body.  For a POST that creates a document that would
+ * create it twice if BC had committed the first one, so the rewind is
+ * refused: the exchange ends with CURLE_SEND_FAIL_REWIND, an outcome in
+ * doubt, and the ledger's look-up decides.
+ */
+static int
+sbw_bc_no_seek(void *ud, curl_off_t offset, int origin)
+{
+    (void) ud;
+    (void) offset;
+    (void) origin;
+
+    return CURL_SEEKFUNC_CANTSEEK;
+}
+
+
+/*
  * One HTTP exchange.  Fills status, Retry-After, the parsed JSON body and
- * error fields.  Returns 0 when an HTTP answer came, -1 otherwise
+ * error fields.  once: the POST body must never be sent twice (see
+ * sbw_bc_no_seek()).  Returns 0 when an HTTP answer came, -1 otherwise
  * (curl_code says why).
  */
 static int
 sbw_bc_perform(CURL *curl, const sbw_config_t *conf, const char *method,
-    const char *url, const char *body, struct curl_slist *hdrs,
+    const char *url, const char *body, int once, struct curl_slist *hdrs,
     sbw_bc_result_t *res)
 {
     double         t0;
     CURLcode       rc;
     sbw_bc_buf_t   buf;
+    sbw_bc_body_t  src;
     sbw_bc_hdrs_t  h;
 
     sbw_bc_result_clear(res);
@@ -468,7 +524,19 @@ sbw_bc_perform(CURL *curl, const sbw_config_t *conf, const char *method,
     curl_easy_setopt(curl, CURLOPT_HEADERDATA, &h);
     curl_easy_setopt(curl, CURLOPT_USERAGENT, "shopify-bc-worker/1.0");
 
-    if (strcmp(method, "POST") == 0) {
+    if (strcmp(method, "POST") == 0 && once) {
+        src.data = body ? body : "";
+        src.len = strlen(src.data);
+        src.off = 0;
+
+        curl_easy_setopt(curl, CURLOPT_POST, 1L);
+        curl_easy_setopt(curl, CURLOPT_READFUNCTION, sbw_bc_read);
+        curl_easy_setopt(curl, CURLOPT_READDATA, &src);
+        curl_easy_setopt(curl, CURLOPT_SEEKFUNCTION, sbw_bc_no_seek);
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE,
+                         (curl_off_t) src.len);
+
+    } else if (strcmp(method, "POST") == 0) {
         curl_easy_setopt(curl, CURLOPT_POST, 1L);
         curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body ? body : "");
         curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE,
@@ -615,7 +683,8 @@ sbw_bc_token(sbw_bc_t *bc, long stale_gen, char **token, long *gen,
                              "application/x-www-form-urlencoded");
     hdrs = curl_slist_append(hdrs, "Accept: application/json");
 
-    sbw_bc_perform(sh->token_curl, conf, "POST", url, form, hdrs, res);
+    sbw_bc_perform(sh->token_curl, conf, "POST", url, form, 0, hdrs,
+                   res);
 
     curl_slist_free_all(hdrs);
     memset(form, 0, strlen(form));
@@ -865,7 +934,8 @@ sbw_bc_call(sbw_bc_t *bc, const char *op, const char *method,
             return;
         }
 
-        sbw_bc_perform(bc->curl, bc->conf, method, url, body, hdrs, res);
+        sbw_bc_perform(bc->curl, bc->conf, method, url, body, 1, hdrs,
+                       res);
         sbw_bc_limit_release(bc->shared, res);
 
         /* the slist holds a copy of the bearer header: wipe it */
@@ -1101,5 +1171,91 @@ sbw_bc_find_document(sbw_bc_t *bc, const char *external_doc,
     }
 
     curl_free(esc);
+    return 0;
+}
+
+
+/*
+ * Find the BC customer whose e-mail is this address, compared without
+ * regard to ASCII case: GET customers?$filter=email eq '...' (see
+ * sbw_customer_filter()).  When several customers share the address the
+ * first BC returns (the lowest number) wins.  Returns 1 with its number,
+ * 0 when BC has none, -1 when the look-up failed (res tells why).
+ */
+int
+sbw_bc_find_customer(sbw_bc_t *bc, const char *email, char *number,
+    size_t numlen, sbw_bc_result_t *res)
+{
+    int            n;
+    char          *filter, *esc, *url;
+    size_t         i;
+    const char    *s;
+    const json_t  *rows, *row;
+
+    number[0] = '\0';
+
+    filter = sbw_customer_filter(email);
+    if (filter == NULL) {
+        sbw_bc_result_clear(res);
+        res->curl_code = CURLE_OUT_OF_MEMORY;
+        return -1;
+    }
+
+    esc = curl_easy_escape(bc->curl, filter, 0);
+    free(filter);
+
+    if (esc == NULL) {
+        sbw_bc_result_clear(res);
+        res->curl_code = CURLE_OUT_OF_MEMORY;
+        return -1;
+    }
+
+    n = snprintf(NULL, 0, "%s/customers?$filter=%s&$select=number,email",
+                 bc->base_url, esc);
+    url = malloc((size_t) n + 1);
+
+    if (url == NULL) {
+        curl_free(esc);
+        sbw_bc_result_clear(res);
+        res->curl_code = CURLE_OUT_OF_MEMORY;
+        return -1;
+    }
+
+    snprintf(url, (size_t) n + 1, "%s/customers?$filter=%s"
+             "&$select=number,email", bc->base_url, esc);
+    curl_free(esc);
+
+    sbw_bc_call(bc, "customer_lookup", "GET", url, NULL, res);
+    free(url);
+
+    if (sbw_bc_classify(res) != SBW_BC_OK) {
+        return -1;
+    }
+
+    rows = json_object_get(res->body, "value");
+
+    if (!json_is_array(rows)) {
+        snprintf(res->error_code, sizeof(res->error_code),
+                 "Worker_BadLookupAnswer");
+        snprintf(res->error_message, sizeof(res->error_message),
+                 "customers lookup answer has no value array");
+        return -1;
+    }
+
+    json_array_foreach(rows, i, row) {
+        s = json_string_value(json_object_get(row, "email"));
+
+        if (s == NULL || strcasecmp(s, email) != 0) {
+            continue;
+        }
+
+        s = json_string_value(json_object_get(row, "number"));
+
+        if (s != NULL && s[0] != '\0' && strlen(s) < numlen) {
+            snprintf(number, numlen, "%s", s);
+            return 1;
+        }
+    }
+
     return 0;
 }

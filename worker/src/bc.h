@@ -66,6 +66,8 @@ void sbw_bc_describe(const sbw_bc_result_t *r, char *code, size_t codelen,
 sbw_bc_class_e sbw_bc_create_order(sbw_bc_t *bc, const char *payload,
     sbw_bc_result_t *res, char *id, size_t idlen, char *number,
     size_t numlen);
+int sbw_bc_find_customer(sbw_bc_t *bc, const char *email, char *number,
+    size_t numlen, sbw_bc_result_t *res);
 int sbw_bc_find_document(sbw_bc_t *bc, const char *external_doc,
     sbw_bc_doc_t *doc, sbw_bc_result_t *res);
 void sbw_bc_extract_correlation(const char *message, char *out,

@@ -774,6 +774,10 @@ sbw_config_load(sbw_config_t *c, sbw_getenv_pt get, void *ctx, char *err,
     c->scope = sbw_env_str(&e, "BC365_SCOPE", SBW_DEFAULT_SCOPE);
     c->default_customer = sbw_env_str(&e, "BC365_DEFAULT_CUSTOMER", "WEB");
     c->shipping_account = sbw_env_str(&e, "BC365_SHIPPING_ACCOUNT", NULL);
+    c->tip_account = sbw_env_str(&e, "BC365_TIP_ACCOUNT", NULL);
+    c->gift_card_account = sbw_env_str(&e, "BC365_GIFT_CARD_ACCOUNT", NULL);
+    c->custom_line_account = sbw_env_str(&e, "BC365_CUSTOM_LINE_ACCOUNT",
+                                         NULL);
 
     c->connect_timeout_ms = sbw_env_long(&e, "BC365_CONNECT_TIMEOUT_MS",
                                          5000, 100, 600000);
@@ -825,6 +829,19 @@ sbw_config_load(sbw_config_t *c, sbw_getenv_pt get, void *ctx, char *err,
     c->retry_max_ms = sbw_env_long(&e, "RETRY_MAX_MS", 60000, 1, 86400000);
     c->retry_after_max_ms = sbw_env_long(&e, "RETRY_AFTER_MAX_MS", 120000,
                                          0, 86400000);
+
+    v = sbw_env(&e, "BC365_CUSTOMER_STRATEGY");
+    c->customer_strategy = SBW_CUSTOMER_EMAIL;
+
+    if (v != NULL) {
+        if (strcmp(v, "default") == 0) {
+            c->customer_strategy = SBW_CUSTOMER_DEFAULT;
+
+        } else if (strcmp(v, "email") != 0) {
+            sbw_env_fail(&e, "invalid BC365_CUSTOMER_STRATEGY: \"%s\" "
+                         "(default or email)", v);
+        }
+    }
 
     /* observability */
     v = sbw_env(&e, "LOG_LEVEL");
@@ -894,6 +911,9 @@ sbw_config_free(sbw_config_t *c)
     free(c->scope);
     free(c->default_customer);
     free(c->shipping_account);
+    free(c->tip_account);
+    free(c->gift_card_account);
+    free(c->custom_line_account);
     free(c->stream_key);
     free(c->group);
     free(c->worker_name);

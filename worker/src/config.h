@@ -14,6 +14,10 @@
 /* exit status for a configuration the worker cannot run with */
 #define SBW_EXIT_CONFIG  2
 
+/* BC365_CUSTOMER_STRATEGY: how an order's BC customer is chosen */
+#define SBW_CUSTOMER_DEFAULT  0    /* always BC365_DEFAULT_CUSTOMER */
+#define SBW_CUSTOMER_EMAIL    1    /* the customer with the order's e-mail */
+
 
 typedef struct {
     char  *host;          /* NULL for a unix socket */
@@ -42,6 +46,10 @@ typedef struct {
     char             *scope;
     char             *default_customer;
     char             *shipping_account;
+    char             *tip_account;       /* NULL: tips are refused */
+    char             *gift_card_account; /* NULL: gift cards are refused */
+    char             *custom_line_account;   /* NULL: refused */
+    int               customer_strategy;
 
     char             *stream_key;
     char             *group;

@@ -291,18 +291,21 @@ sbw_map_lookup(const json_t *map, const char *key)
  * from the SKU (through the SKU map when it lists the SKU, otherwise the
  * SKU itself); a line without SKU is looked up by variant id in the
  * variant map.  Gift cards, tips and custom lines (no variant, no SKU)
- * have no BC item and are refused with the reason in why, so that the
- * caller can reject the whole order rather than book part of it.
+ * have no BC item: they become Account lines on the G/L account
+ * configured for their kind, and when none is configured they are
+ * refused with the reason in why, so that the caller can reject the
+ * whole order rather than book part of it.
  */
 static int
 sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
     sbw_bc_line_t *line, char *why, size_t whylen)
 {
-    int            rc;
-    char           key[32];
-    json_int_t     quantity;
-    const char    *sku, *title, *number;
-    const json_t  *v, *variant;
+    int              rc;
+    char             key[32];
+    json_int_t       quantity;
+    const char      *sku, *title, *number, *role, *account;
+    const json_t    *v, *variant;
+    sbw_line_type_e  type;
 
     memset(line, 0, sizeof(*line));
 
@@ -324,14 +327,16 @@ sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
 
     variant = json_object_get(li, "variant_id");
 
-    if (json_is_true(json_object_get(li, "gift_card"))) {
-        snprintf(why, whylen, "gift card");
-        return SBW_MAP_UNSUPPORTED;
-    }
-
     number = NULL;
+    role = NULL;
+    account = NULL;
 
-    if (sku[0] != '\0') {
+    if (json_is_true(json_object_get(li, "gift_card"))) {
+        role = "gift_card_sold";
+        account = mc->gift_card_account;
+        snprintf(why, whylen, "gift card");
+
+    } else if (sku[0] != '\0') {
         number = sbw_map_lookup(mc->sku_map, sku);
 
         if (number == NULL) {
@@ -351,12 +356,29 @@ sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
         }
 
     } else if (strcmp(title, "Tip") == 0) {
+        role = "tip";
+        account = mc->tip_account;
         snprintf(why, whylen, "tip");
-        return SBW_MAP_UNSUPPORTED;
 
     } else {
+        role = "custom_line";
+        account = mc->custom_line_account;
         snprintf(why, whylen, "custom line without variant or SKU");
-        return SBW_MAP_UNSUPPORTED;
+    }
+
+    type = SBW_LINE_ITEM;
+
+    if (role != NULL) {
+        if (account == NULL || account[0] == '\0') {
+            return SBW_MAP_UNSUPPORTED;
+        }
+
+        why[0] = '\0';
+        type = SBW_LINE_ACCOUNT;
+        number = account;
+
+    } else {
+        role = "item";
     }
 
     v = json_object_get(li, "quantity");
@@ -381,8 +403,8 @@ sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
 
     v = json_object_get(li, "id");
 
-    line->type = SBW_LINE_ITEM;
-    line->role = "item";
+    line->type = type;
+    line->role = role;
     line->shopify_id = json_is_integer(v) ? json_integer_value(v) : 0;
     line->number = strdup(number);
     line->description = sbw_utf8_truncate(title, SBW_BC_DESCRIPTION_LEN);
@@ -476,14 +498,15 @@ sbw_add_line(sbw_bc_order_t *o, size_t *cap, const sbw_bc_line_t *line)
  * Build the BC sales order for a Shopify order.  On SBW_MAP_OK, out holds
  * the header and lines (free with sbw_order_free()).  The first line is a
  * Comment carrying the Shopify order name, so a merchant reading the BC
- * order sees "#1043"; then one Item line per line item and one Account
- * line per shipping line.  Every line is checked before anything is
- * returned: if any line cannot be mapped the result is
- * SBW_MAP_UNSUPPORTED and err names all such lines, because a partial
- * order in BC is worse than none.  SBW_MAP_INVALID means the payload
- * itself is unusable: no id, a line that is not an object, malformed or
- * impossible amounts (see SBW_MAP_MAX_CENTS), a NUL character in a
- * string the mapping uses.
+ * order sees "#1043"; then one line per line item (an Item line, or an
+ * Account line for a gift card, tip or custom line when its account is
+ * configured) and one Account line per shipping line.  Every line is
+ * checked before anything is returned: if any line cannot be mapped the
+ * result is SBW_MAP_UNSUPPORTED and err names all such lines, because a
+ * partial order in BC is worse than none.  SBW_MAP_INVALID means the
+ * payload itself is unusable: no id, a line that is not an object,
+ * malformed or impossible amounts (see SBW_MAP_MAX_CENTS), a NUL
+ * character in a string the mapping uses.
  */
 int
 sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,

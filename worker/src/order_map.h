@@ -53,7 +53,8 @@ typedef enum {
 
 typedef struct {
     sbw_line_type_e   type;
-    const char       *role;           /* "note", "item" or "shipping" */
+    const char       *role;           /* "note", "item", "shipping", "tip",
+                                         "gift_card_sold", "custom_line" */
     char             *number;         /* lineObjectNumber, NULL if none */
     char             *description;    /* already cut to 100 characters */
     int64_t           shopify_id;     /* line item or shipping line id */
@@ -83,6 +84,9 @@ typedef struct {
     const json_t  *variant_map;       /* object "variant id" -> item no */
     const char    *customer_number;
     const char    *shipping_account;
+    const char    *tip_account;       /* NULL: such lines are refused */
+    const char    *gift_card_account;
+    const char    *custom_line_account;
 } sbw_map_conf_t;
 
 

@@ -26,6 +26,7 @@
 
 #include "backoff.h"
 #include "bc.h"
+#include "customer.h"
 #include "ledger.h"
 #include "log.h"
 #include "metrics.h"
@@ -94,8 +95,14 @@ typedef struct {
     int64_t             order_id;
     const char         *order_name;
     const char         *external_doc;
+    const char         *email;         /* NULL when the order has none */
     double              t0;
 } sbw_order_ctx_t;
+
+
+/* BC customer numbers by e-mail, shared by the threads of the process */
+static pthread_once_t         sbw_customer_once = PTHREAD_ONCE_INIT;
+static sbw_customer_cache_t   sbw_customer_cache;
 
 
 static pthread_mutex_t   sbw_inflight_mutex = PTHREAD_MUTEX_INITIALIZER;
@@ -120,6 +127,9 @@ static int sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e,
 static int sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
     sbw_order_ctx_t *oc, int map_rc, sbw_bc_order_t *o,
     const char *map_err, unsigned attempts, long *delay_ms);
+static void sbw_customer_cache_setup(void);
+static int sbw_worker_customer(sbw_worker_t *w, sbw_order_ctx_t *oc,
+    sbw_bc_order_t *o, sbw_bc_result_t *res);
 static int sbw_queue_has(sbw_worker_t *w, const char *id);
 static void sbw_queue_push(sbw_worker_t *w, const sbw_entry_t *e,
     unsigned attempts, long delay_ms);
@@ -382,6 +392,7 @@ sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
     int               rc, map_rc;
     char              key[32], map_err[1024], extdoc[SBW_CODE35_BUFLEN];
     char              order_name[128], shop[SBW_SHOP_BUFLEN];
+    char              email[SBW_EMAIL_BUFLEN];
     json_t           *order;
     int64_t           order_id;
     char             *near;
@@ -464,6 +475,12 @@ sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
     name = json_string_value(json_object_get(order, "name"));
     snprintf(order_name, sizeof(order_name), "%s", name ? name : "");
     oc.order_name = order_name;
+
+    if (w->conf->customer_strategy == SBW_CUSTOMER_EMAIL
+        && sbw_order_email(order, email, sizeof(email)) == 0)
+    {
+        oc.email = email;
+    }
 
     map_rc = sbw_order_map(&w->mc, order, &o, map_err, sizeof(map_err));
     json_decref(order);
@@ -716,7 +733,32 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
         sbw_bc_result_clear(&res);
     }
 
-    /* 5. commit "attempt started", then POST */
+    /*
+     * 5. the customer, before the attempt is committed: a failed look-up
+     * is retried like a POST that was not sent, and leaves in_doubt as it
+     * was
+     */
+    if (sbw_worker_customer(w, oc, o, &res) != 0) {
+        sbw_bc_describe(&res, code, sizeof(code), msg, sizeof(msg));
+        *delay_ms = sbw_worker_delay(w, attempts, res.retry_after_ms);
+        sbw_ledger_retry(&w->ledger, oc->order_id, row.in_doubt, code, msg,
+                         *delay_ms);
+        sbw_ledger_unlock(&w->ledger, oc->order_id);
+        sbw_log_order(SBW_LOG_WARN, "order_retry", oc,
+                      json_pack("{s:s,s:s,s:s,s:i,s:s,s:i}",
+                                "step", "customer_lookup",
+                                "bc_error_code", code, "message", msg,
+                                "status", (json_int_t) res.status,
+                                "correlation_id", res.correlation_id,
+                                "retry_in_ms", (json_int_t) *delay_ms));
+        sbw_metrics_retry("bc_lookup");
+        sbw_bc_result_clear(&res);
+        return SBW_RETRY;
+    }
+
+    sbw_bc_result_clear(&res);
+
+    /* 6. commit "attempt started", then POST */
     if (sbw_ledger_start_attempt(&w->ledger, oc->order_id, w->owner, &tries)
         != 0)
     {
@@ -832,6 +874,66 @@ retry_pg:
     sbw_metrics_retry("postgres");
 
     return SBW_RETRY;
+}
+
+
+/*
+ * The process-wide customer cache, set up once.
+ */
+static void
+sbw_customer_cache_setup(void)
+{
+    sbw_customer_cache_init(&sbw_customer_cache, SBW_CUSTOMER_CACHE_TTL);
+}
+
+
+/*
+ * Strategy "email": replace the order's customer (the default one) by
+ * the BC customer with the order's e-mail, from the cache or from one
+ * look-up whose answer, found or not, is then cached.  An order without
+ * e-mail, or whose e-mail BC does not know, keeps BC365_DEFAULT_CUSTOMER.
+ * Returns 0, or -1 when the look-up failed (res tells why).
+ */
+static int
+sbw_worker_customer(sbw_worker_t *w, sbw_order_ctx_t *oc, sbw_bc_order_t *o,
+    sbw_bc_result_t *res)
+{
+    int    found;
+    char   number[SBW_CUSTOMER_NO_BUFLEN], *dup;
+
+    if (oc->email == NULL) {
+        return 0;
+    }
+
+    pthread_once(&sbw_customer_once, sbw_customer_cache_setup);
+
+    if (!sbw_customer_cache_get(&sbw_customer_cache, oc->email, sbw_mono(),
+                                number, sizeof(number)))
+    {
+        found = sbw_bc_find_customer(&w->bc, oc->email, number,
+                                     sizeof(number), res);
+        if (found < 0) {
+            return -1;
+        }
+
+        sbw_customer_cache_put(&sbw_customer_cache, oc->email,
+                               found ? number : "", sbw_mono());
+    }
+
+    if (number[0] == '\0') {
+        return 0;
+    }
+
+    dup = strdup(number);
+    if (dup == NULL) {
+        snprintf(res->error_code, sizeof(res->error_code), "Worker_NoMemory");
+        return -1;
+    }
+
+    free(o->customer_number);
+    o->customer_number = dup;
+
+    return 0;
 }
 
 
@@ -1338,6 +1440,9 @@ sbw_worker_new(const sbw_worker_env_t *env, int index)
     w->mc.variant_map = env->conf->variant_map;
     w->mc.customer_number = env->conf->default_customer;
     w->mc.shipping_account = env->conf->shipping_account;
+    w->mc.tip_account = env->conf->tip_account;
+    w->mc.gift_card_account = env->conf->gift_card_account;
+    w->mc.custom_line_account = env->conf->custom_line_account;
 
     seed = (uint64_t) time(NULL) ^ ((uint64_t) index << 32)
            ^ (uint64_t) (uintptr_t) w;

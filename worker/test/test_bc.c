@@ -76,6 +76,10 @@ test_classify(void **state)
     r = answer(0, CURLE_RECV_ERROR);
     assert_int_equal(sbw_bc_classify(&r), SBW_BC_RETRY_UNCERTAIN);
 
+    /* a POST libcurl would have re-sent on a new connection, refused */
+    r = answer(0, CURLE_SEND_FAIL_REWIND);
+    assert_int_equal(sbw_bc_classify(&r), SBW_BC_RETRY_UNCERTAIN);
+
     r = answer(400, 0);
     assert_int_equal(sbw_bc_classify(&r), SBW_BC_PERMANENT);
 

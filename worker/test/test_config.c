@@ -182,6 +182,48 @@ test_overrides(void **state)
 
 
 static void
+test_customer_and_accounts(void **state)
+{
+    char          err[512];
+    env_table_t   t;
+    sbw_config_t  c;
+
+    (void) state;
+
+    table_required(&t);
+    assert_int_equal(sbw_config_load(&c, table_get, &t, err, sizeof(err)),
+                     0);
+    assert_int_equal(c.customer_strategy, SBW_CUSTOMER_EMAIL);
+    assert_null(c.tip_account);
+    assert_null(c.gift_card_account);
+    assert_null(c.custom_line_account);
+    sbw_config_free(&c);
+
+    table_set(&t, "BC365_TIP_ACCOUNT", "22300");
+    table_set(&t, "BC365_GIFT_CARD_ACCOUNT", "22150");
+    table_set(&t, "BC365_CUSTOM_LINE_ACCOUNT", "");
+    assert_int_equal(sbw_config_load(&c, table_get, &t, err, sizeof(err)),
+                     0);
+    assert_string_equal(c.tip_account, "22300");
+    assert_string_equal(c.gift_card_account, "22150");
+    assert_null(c.custom_line_account);
+    sbw_config_free(&c);
+
+    table_set(&t, "BC365_CUSTOMER_STRATEGY", "default");
+    assert_int_equal(sbw_config_load(&c, table_get, &t, err, sizeof(err)),
+                     0);
+    assert_int_equal(c.customer_strategy, SBW_CUSTOMER_DEFAULT);
+    sbw_config_free(&c);
+
+    table_set(&t, "BC365_CUSTOMER_STRATEGY", "Email");
+    assert_int_equal(sbw_config_load(&c, table_get, &t, err, sizeof(err)),
+                     SBW_EXIT_CONFIG);
+    assert_non_null(strstr(err, "invalid BC365_CUSTOMER_STRATEGY: "
+                           "\"Email\""));
+}
+
+
+static void
 test_bad_values(void **state)
 {
     char          err[512];
@@ -419,6 +461,7 @@ test_config_run(int *ran)
         cmocka_unit_test(test_missing_some),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_overrides),
+        cmocka_unit_test(test_customer_and_accounts),
         cmocka_unit_test(test_bad_values),
         cmocka_unit_test(test_database_url),
         cmocka_unit_test(test_redis_url_tcp),

@@ -13,7 +13,10 @@
 #include "tests.h"
 
 
-#define SHIPPING_ACCOUNT  "8130"
+#define SHIPPING_ACCOUNT     "8130"
+#define TIP_ACCOUNT          "22300"
+#define GIFT_CARD_ACCOUNT    "22150"
+#define CUSTOM_LINE_ACCOUNT  "40250"
 
 
 typedef struct {
@@ -115,6 +118,7 @@ check_fixture(map_state_t *ms, const char *name)
     int              rc, taxes_included;
     char             rel[256], err[1024], *payload;
     size_t           i, n, total_lines;
+    const char      *role;
     json_t          *order, *parsed, *plines;
     int64_t          want_total;
     const json_t    *exp, *lines, *el;
@@ -167,10 +171,15 @@ check_fixture(map_state_t *ms, const char *name)
                                                   "lineObjectNumber")));
 
         } else {
+            role = json_string_value(json_object_get(el, "role"));
             assert_int_equal(l->type, SBW_LINE_ACCOUNT);
-            assert_string_equal(json_string_value(json_object_get(el,
-                                                  "role")), "shipping");
-            assert_string_equal(l->number, SHIPPING_ACCOUNT);
+            assert_string_equal(l->role, role);
+            assert_string_equal(l->number,
+                                strcmp(role, "tip") == 0 ? TIP_ACCOUNT
+                                : strcmp(role, "gift_card_sold") == 0
+                                ? GIFT_CARD_ACCOUNT
+                                : strcmp(role, "custom_line") == 0
+                                ? CUSTOM_LINE_ACCOUNT : SHIPPING_ACCOUNT);
         }
 
         assert_string_equal(l->description,
@@ -319,8 +328,59 @@ test_payload_text(void **state)
 
 
 /*
- * The no-SKU order has a custom line, a gift card and a tip: the whole
- * order is refused, naming exactly those three lines.  Its first line (no
+ * With the three G/L accounts set, the no-SKU order maps as the reference
+ * says: the BERLIN chair by variant, then the custom line, the gift card
+ * and the tip as Account lines on their accounts, then shipping.
+ */
+static void
+test_no_sku_accounts(void **state)
+{
+    map_state_t  ms;
+
+    ms = *(map_state_t *) *state;
+    ms.mc.tip_account = TIP_ACCOUNT;
+    ms.mc.gift_card_account = GIFT_CARD_ACCOUNT;
+    ms.mc.custom_line_account = CUSTOM_LINE_ACCOUNT;
+
+    check_fixture(&ms, "orders-create-no-sku.json");
+}
+
+
+/*
+ * Only the kinds whose account is set are booked: with the tip account
+ * alone, the custom line and the gift card still refuse the order, and
+ * the tip is no longer named.
+ */
+static void
+test_no_sku_some_accounts(void **state)
+{
+    char             err[1024];
+    json_t          *order;
+    map_state_t     *ms;
+    sbw_bc_order_t   o;
+    sbw_map_conf_t   mc;
+
+    ms = *state;
+    order = load_json("shopify/orders-create-no-sku.json");
+
+    mc = ms->mc;
+    mc.tip_account = TIP_ACCOUNT;
+    mc.gift_card_account = "";
+
+    assert_int_equal(sbw_order_map(&mc, order, &o, err, sizeof(err)),
+                     SBW_MAP_UNSUPPORTED);
+    assert_non_null(strstr(err, "line 2 \"On-site assembly service\""));
+    assert_non_null(strstr(err, "line 3 \"Acme Gift Card\""));
+    assert_null(strstr(err, "Tip"));
+
+    json_decref(order);
+}
+
+
+/*
+ * Without the accounts, the no-SKU order has a custom line, a gift card
+ * and a tip: the whole order is refused, naming exactly those three
+ * lines.  Its first line (no
  * SKU, variant in the map) is fine and is not named.
  */
 static void
@@ -844,6 +904,8 @@ test_order_map_run(int *ran)
         cmocka_unit_test(test_long_name),
         cmocka_unit_test(test_payload_text),
         cmocka_unit_test(test_no_sku_refused),
+        cmocka_unit_test(test_no_sku_accounts),
+        cmocka_unit_test(test_no_sku_some_accounts),
         cmocka_unit_test(test_variant_map_needed),
         cmocka_unit_test(test_sku_map_applies),
         cmocka_unit_test(test_external_doc_number),
