@@ -135,10 +135,10 @@ def main():
         doc, lines = bc_order(env, token, row[3], row[4])
         items = sum(1 for l in lines if l.get("lineType") == "Item")
         other = sum(1 for l in lines if l.get("lineType") == "Account")
-        print("%-40s -> BC sales order %s (%s): %d item + %d shipping "
-              "lines, %.2f %s excl. tax"
-              % (shopify_name, row[2], row[7], items, other,
-                 doc.get("totalAmountExcludingTax", 0),
+        print("%-40s -> BC sales order %s (%s), customer %s: %d item + "
+              "%d G/L lines, %.2f %s excl. tax"
+              % (shopify_name, row[2], row[7], doc.get("customerNumber", "?"),
+                 items, other, doc.get("totalAmountExcludingTax", 0),
                  doc.get("currencyCode", "")))
 
     print()
