@@ -62,6 +62,8 @@ static ngx_int_t ngx_http_shopify_verify(ngx_http_request_t *r,
 static ngx_int_t ngx_http_shopify_build_command(ngx_http_request_t *r,
     ngx_http_shopify_loc_conf_t *slcf, ngx_http_shopify_ctx_t *ctx,
     ngx_str_t *h, ngx_str_t *body);
+static ngx_str_t *ngx_http_shopify_header_or_dash(ngx_str_t *h,
+    ngx_uint_t *seen, ngx_uint_t k);
 static ngx_uint_t ngx_http_shopify_topic_allowed(
     ngx_http_shopify_loc_conf_t *slcf, ngx_http_shopify_ctx_t *ctx);
 static void ngx_http_shopify_timeout_handler(ngx_event_t *ev);
@@ -372,6 +374,7 @@ ngx_http_shopify_body_handler(ngx_http_request_t *r)
     u_char                        *lowcase;
     size_t                         len, prefix;
     ngx_str_t                      body, h[NGX_HTTP_SHOPIFY_H_MAX];
+    ngx_str_t                     *id, *shop;
     ngx_int_t                      rc;
     ngx_uint_t                     i, k, seen[NGX_HTTP_SHOPIFY_H_MAX];
     ngx_list_part_t               *part;
@@ -488,11 +491,18 @@ ngx_http_shopify_body_handler(ngx_http_request_t *r)
             || h[k].len > sh->max_len
             || (sh->valid && sh->valid(&h[k]) != NGX_OK))
         {
+            /* name the delivery by whatever is well formed about it */
+            id = ngx_http_shopify_header_or_dash(h, seen,
+                                             NGX_HTTP_SHOPIFY_H_WEBHOOK_ID);
+            shop = ngx_http_shopify_header_or_dash(h, seen,
+                                                   NGX_HTTP_SHOPIFY_H_SHOP);
+
             ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                          "shopify webhook: %s %V header",
+                          "shopify webhook: %s %V header "
+                          "(webhook id %V, shop %V)",
                           seen[k] == 0 ? "no"
                           : seen[k] > 1 ? "repeated" : "malformed",
-                          &sh->display);
+                          &sh->display, id, shop);
 
             ngx_http_shopify_finish(r, NGX_HTTP_SHOPIFY_BAD_REQUEST);
             return;
@@ -559,6 +569,27 @@ ngx_http_shopify_body_handler(ngx_http_request_t *r)
     ctx->timeout.log = r->connection->log;
 
     ngx_add_timer(&ctx->timeout, smcf->timeout);
+}
+
+
+/* a header's value for a log line when it is present once and well formed */
+
+static ngx_str_t *
+ngx_http_shopify_header_or_dash(ngx_str_t *h, ngx_uint_t *seen, ngx_uint_t k)
+{
+    ngx_http_shopify_header_t  *sh;
+
+    static ngx_str_t  dash = ngx_string("-");
+
+    sh = &ngx_http_shopify_headers[k];
+
+    if (seen[k] != 1 || h[k].len == 0 || h[k].len > sh->max_len
+        || (sh->valid && sh->valid(&h[k]) != NGX_OK))
+    {
+        return &dash;
+    }
+
+    return &h[k];
 }
 
 

@@ -208,8 +208,8 @@ repeated X-Shopify-Hmac-Sha256 header
 --- more_headers eval
 ::delivery($::BASIC, '8b', 'X-Shopify-Topic' => undef)
 --- error_code: 400
---- error_log
-no X-Shopify-Topic header
+--- error_log eval
+qr/no X-Shopify-Topic header \(webhook id t010-\w+-8b, shop acme-demo\.myshopify\.com\)/
 --- no_error_log
 [error]
 
@@ -277,7 +277,7 @@ malformed X-Shopify-Shop-Domain header
 ::delivery($::BASIC, 13, 'X-Shopify-Webhook-Id' => 'a b*c')
 --- error_code: 400
 --- error_log
-malformed X-Shopify-Webhook-Id header
+malformed X-Shopify-Webhook-Id header (webhook id -, shop acme-demo.myshopify.com)
 --- no_error_log
 [error]
 
