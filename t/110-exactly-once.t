@@ -173,6 +173,35 @@ sub order_log {
     is bc_copies($row->[3]), 1, 'two webhook ids: one BC order';
 }
 
+# --- one order under eight webhook ids at once ---------------------------
+# The worker's threads take the copies in parallel; BC is slowed so that
+# they overlap while the first POST is on the wire.
+{
+    my ($id, $body) = order_body();
+    sandbox_faults({ method => 'POST', path_regex => 'salesOrders',
+                     times => 1, latency_ms => 800 });
+    my @pids;
+    for my $copy (1 .. 8) {
+        my $pid = fork // die $!;
+        if ($pid == 0) {
+            my $s = deliver($nginx, $body,
+                            'X-Shopify-Webhook-Id' => webhook($id, "c$copy"));
+            exit($s == 200 ? 0 : 1);
+        }
+        push @pids, $pid;
+    }
+    my $failed = 0;
+    for (@pids) { waitpid $_, 0; $failed++ if $? }
+    is $failed, 0, 'eight webhook ids at once: all accepted';
+    my $row = settled($id);
+    wait_until('all copies acknowledged', 30, sub {
+        redis('XPENDING', $stream, 'bc-sync') =~ /^0/;
+    });
+    is $row->[0], 'created', 'eight webhook ids at once: created';
+    is bc_copies($row->[3]), 1, 'eight webhook ids at once: one BC order';
+    sandbox_call('DELETE', '/_sandbox/faults');
+}
+
 # --- BC commits the order, then the response fails ----------------------
 {
     my ($id, $body) = order_body();
