@@ -558,26 +558,10 @@ def build_line(company, order, raw, default_seq, used_seqs):
                        'The "lineType" does not match the "itemId" or "accountId" that was given.')
     number = v.get("lineObjectNumber")
     if ltype == "Item":
-        if number is not None:
-            if item is not None and number != item["number"]:
-                raise ApiError(400, "Application_DialogException",
-                               'The value for "lineObjectNumber" cannot be modified.')
-            item = company.items.get(number)
-            if item is None:
-                raise ApiError(400, "Application_DialogException", "Item does not exist.")
-        if item is None:
-            raise ApiError(400, "Application_DialogException", "Item does not exist.")
+        item = line_object(company.items, item, number, "Item")
         number = item["number"]
     elif ltype == "Account":
-        if number is not None:
-            if account is not None and number != account["number"]:
-                raise ApiError(400, "Application_DialogException",
-                               'The value for "lineObjectNumber" cannot be modified.')
-            account = company.accounts.get(number)
-            if account is None:
-                raise ApiError(400, "Application_DialogException", "Account does not exist.")
-        if account is None:
-            raise ApiError(400, "Application_DialogException", "Account does not exist.")
+        account = line_object(company.accounts, account, number, "Account")
         number = account["number"]
         if account["accountType"] != "Posting":
             raise ApiError(400, "Application_FieldValidationException",
@@ -670,6 +654,18 @@ def build_line(company, order, raw, default_seq, used_seqs):
     }
     return line
 
+
+def line_object(table, given, number, kind):
+    """The item or G/L account a line names: by lineObjectNumber, which
+    must agree with an itemId/accountId given too, else by that id."""
+    if number is not None:
+        if given is not None and number != given["number"]:
+            raise ApiError(400, "Application_DialogException",
+                           'The value for "lineObjectNumber" cannot be modified.')
+        given = table.get(number)
+    if given is None:
+        raise ApiError(400, "Application_DialogException", "%s does not exist." % kind)
+    return given
 
 def resolve_customer(company, v, id_key, number_key, role):
     """The customer an order names by id and/or number, as BC resolves
