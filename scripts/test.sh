@@ -2,7 +2,7 @@
 # Runs every suite: the worker's unit tests, the module's Test::Nginx
 # suites and the end-to-end suites.  Starts what they need on private
 # loopback ports and stops it again: a Redis with the production
-# persistence settings and a throwaway PostgreSQL cluster (pg_virtualenv).
+# persistence settings and a throwaway PostgreSQL cluster (scripts/pg-throwaway.sh).
 # Closes with prove's summary.  Extra arguments go to prove (a file list).
 set -euo pipefail
 
@@ -53,5 +53,5 @@ if [ $# -eq 0 ]; then
     set -- -r t
 fi
 
-# pg_virtualenv sets PGHOST/PGPORT/PGUSER/PGPASSWORD for a fresh cluster
-pg_virtualenv -- prove -I t/lib "$@"
+# a fresh PostgreSQL cluster of this run's own, PG* variables set
+scripts/pg-throwaway.sh -- prove -I t/lib "$@"

@@ -1,7 +1,7 @@
 # The worker's own end-to-end checks (worker/test/e2e.sh: a private Redis
 # and sandbox, entries written the way nginx writes them, PostgreSQL
 # restarted under the worker), reported to prove as TAP.  Runs inside the
-# suite's pg_virtualenv cluster.
+# suite's throwaway cluster (scripts/pg-throwaway.sh).
 
 use strict;
 use warnings;
@@ -9,7 +9,7 @@ use Test::More;
 
 my $top = $ENV{SHOPIFY_BC_TOP} || '.';
 
-$ENV{PGPORT} or plan skip_all => 'needs the PG* settings of pg_virtualenv';
+$ENV{PGPORT} or plan skip_all => 'needs the PG* settings of scripts/pg-throwaway.sh';
 
 $ENV{SBW_E2E_INNER} = 1;
 open my $fh, '-|', "$top/worker/test/e2e.sh 2>&1"

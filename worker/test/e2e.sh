@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end check of shopify-bc-worker against a private redis-server,
-# a throwaway PostgreSQL cluster (pg_virtualenv) and the BC sandbox
+# a throwaway PostgreSQL cluster (scripts/pg-throwaway.sh) and the BC sandbox
 # (sandbox/sandbox.py), all on free high ports in a temporary directory
 # that is removed at the end.  Entries are written to the stream the way
 # the nginx module writes them (XADD with its fields), so nginx is not
@@ -16,9 +16,9 @@ set -u
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
-# the PostgreSQL cluster only lives as long as pg_virtualenv's command
+# the PostgreSQL cluster only lives as long as pg-throwaway's command
 if [ -z "${SBW_E2E_INNER:-}" ]; then
-    exec env SBW_E2E_INNER=1 pg_virtualenv -- "$0" "$@"
+    exec env SBW_E2E_INNER=1 "$root/scripts/pg-throwaway.sh" -- "$0" "$@"
 fi
 
 worker="$root/worker/build/shopify-bc-worker"
@@ -350,10 +350,9 @@ worker_pid=$!
 sleep 0.5
 xadd "$F/orders-create-basic.json" orders/create wh-1
 sleep 0.5
-# the throwaway cluster of pg_virtualenv: the one on $PGPORT, nothing else
-cluster=$(pg_lsclusters -h | awk -v p="$PGPORT" '$3 == p {print $1" "$2}')
-ok "postgres restart: found the test cluster" test -n "$cluster"
-[ -n "$cluster" ] && pg_ctlcluster $cluster restart -m fast
+# the throwaway cluster of scripts/pg-throwaway.sh, nothing else
+ok "postgres restart: the test cluster restarted" \
+    "$PG_THROWAWAY_DIR/restart"
 for _ in $(seq 150); do
     [ "$(ledger $BASIC state 2>/dev/null)" = created ] && break
     sleep 0.1

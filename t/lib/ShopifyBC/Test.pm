@@ -3,7 +3,7 @@ package ShopifyBC::Test;
 # End-to-end harness: each test file gets its own sandbox, nginx, stream,
 # PostgreSQL database and worker, all on loopback, all stopped at exit.
 # Redis is the suite's shared instance (TEST_NGINX_REDIS_PORT, started by
-# scripts/test.sh); PostgreSQL comes from pg_virtualenv's PG* variables.
+# scripts/test.sh); PostgreSQL comes from the PG* variables of scripts/pg-throwaway.sh.
 # The logs live in a temporary directory removed at exit: when the file
 # fails, the last 40 lines of each (workers, sandboxes, nginx error logs)
 # are printed first.
