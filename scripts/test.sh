@@ -11,14 +11,16 @@ cd "$top"
 
 export TEST_NGINX_BINARY=${TEST_NGINX_BINARY:-/usr/sbin/nginx}
 export TEST_NGINX_LOAD_MODULES="$top/build/nginx/ngx_http_shopify_module.so"
-# a free port unless one is given: never someone else's Redis
-if [ -z "${TEST_NGINX_REDIS_PORT:-}" ]; then
-    TEST_NGINX_REDIS_PORT=$(python3 -c 'import socket
+free_port() {
+    python3 -c 'import socket
 s = socket.socket()
 s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])')
-fi
-export TEST_NGINX_REDIS_PORT
+print(s.getsockname()[1])'
+}
+# free ports unless given: never someone else's Redis or nginx, so two
+# runs (two checkouts) can go at once
+export TEST_NGINX_REDIS_PORT=${TEST_NGINX_REDIS_PORT:-$(free_port)}
+export TEST_NGINX_SERVER_PORT=${TEST_NGINX_SERVER_PORT:-$(free_port)}
 export SHOPIFY_BC_TOP="$top"
 
 tmp=$(mktemp -d /tmp/shopify-bc-test.XXXXXX)
