@@ -26,6 +26,8 @@
 #include "ledger.h"
 #include "log.h"
 #include "metrics.h"
+#include "shops.h"
+#include "shops_db.h"
 #include "stream.h"
 #include "worker.h"
 
@@ -187,7 +189,10 @@ sbw_prepare_postgres(const sbw_config_t *conf)
 
     for (tries = 0; !sbw_stop; tries++) {
         if (sbw_ledger_connect(&l) == 0) {
-            if (sbw_ledger_migrate(&l, &from, &archived) != 0) {
+            if (sbw_ledger_migrate(&l, &from, &archived) != 0
+                || sbw_shops_migrate(l.conn, l.errstr, sizeof(l.errstr))
+                   != 0)
+            {
                 sbw_log(SBW_LOG_ERROR, "migration_failed",
                         json_pack("{s:s}", "message", l.errstr));
                 sbw_ledger_close(&l);
@@ -246,6 +251,12 @@ main(int argc, char **argv)
     sbw_bc_shared_t    *shared;
     sbw_worker_env_t    env;
     struct sigaction    sa;
+    sbw_shopify_conf_t  sconf;
+
+    /* subcommands: shopify-bc-worker webhooks ensure --shop X */
+    if (argc > 1 && strcmp(argv[1], "webhooks") == 0) {
+        return sbw_shops_cli(argc - 1, argv + 1);
+    }
 
     rc = sbw_parse_args(argc, argv, &drain_ms);
     if (rc != 0) {
@@ -257,6 +268,15 @@ main(int argc, char **argv)
     {
         sbw_log(SBW_LOG_ERROR, "config_invalid",
                 json_pack("{s:s}", "message", err));
+        return SBW_EXIT_CONFIG;
+    }
+
+    if (sbw_shopify_conf_load(&sconf, sbw_getenv_process, NULL, err,
+                              sizeof(err)) != 0)
+    {
+        sbw_log(SBW_LOG_ERROR, "config_invalid",
+                json_pack("{s:s}", "message", err));
+        sbw_config_free(&conf);
         return SBW_EXIT_CONFIG;
     }
 
@@ -272,6 +292,7 @@ main(int argc, char **argv)
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         sbw_log(SBW_LOG_ERROR, "startup_failed",
                 json_pack("{s:s}", "message", "curl_global_init failed"));
+        sbw_shopify_conf_free(&sconf);
         sbw_config_free(&conf);
         return 1;
     }
@@ -298,6 +319,7 @@ main(int argc, char **argv)
             sbw_log(SBW_LOG_ERROR, "metrics_failed",
                     json_pack("{s:s}", "message", err));
             curl_global_cleanup();
+            sbw_shopify_conf_free(&sconf);
             sbw_config_free(&conf);
             return 1;
         }
@@ -344,6 +366,7 @@ main(int argc, char **argv)
     }
 
     env.conf = &conf;
+    env.shopify = &sconf;
     env.bc_shared = shared;
     env.stop = &sbw_stop;
     env.instance = instance;
@@ -364,6 +387,15 @@ main(int argc, char **argv)
         nstarted++;
     }
 
+    if (!sbw_stop && drain_ms == 0
+        && sbw_shops_maint_start(&conf, &sconf, &sbw_stop) != 0)
+    {
+        sbw_log(SBW_LOG_ERROR, "startup_failed",
+                json_pack("{s:s}", "message",
+                          "cannot start the shops maintenance thread"));
+        sbw_stop = 1;
+    }
+
     sbw_log(SBW_LOG_INFO, "worker_started",
             json_pack("{s:i}", "threads", (json_int_t) nstarted));
 
@@ -373,6 +405,7 @@ main(int argc, char **argv)
         }
     }
 
+    sbw_shops_maint_stop();
     rc = nstarted == conf.concurrency ? 0 : 1;
 
 done:
@@ -392,6 +425,7 @@ done:
                                                       (json_int_t) rc));
 
     curl_global_cleanup();
+    sbw_shopify_conf_free(&sconf);
     sbw_config_free(&conf);
 
     return rc;

@@ -31,6 +31,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "order_map.h"
+#include "shops.h"
 #include "stream.h"
 #include "worker.h"
 
@@ -76,6 +77,8 @@ struct sbw_worker_s {
     sbw_retry_t             *queue;
     size_t                   qlen;
     size_t                   qcap;
+
+    sbw_shops_ctx_t         *shops;          /* the Shopify app topics */
 };
 
 
@@ -123,6 +126,8 @@ static int sbw_worker_dead_letter(sbw_worker_t *w, const sbw_entry_t *e,
 static int sbw_worker_process(sbw_worker_t *w, const sbw_entry_t *e,
     unsigned attempts, long *delay_ms);
 static int sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e,
+    unsigned attempts, long *delay_ms);
+static int sbw_worker_shops(sbw_worker_t *w, const sbw_entry_t *e,
     unsigned attempts, long *delay_ms);
 static int sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
     sbw_order_ctx_t *oc, int map_rc, sbw_bc_order_t *o,
@@ -366,6 +371,10 @@ sbw_worker_process(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
         return sbw_worker_order(w, e, attempts, delay_ms);
     }
 
+    if (sbw_shops_handles(topic)) {
+        return sbw_worker_shops(w, e, attempts, delay_ms);
+    }
+
     /* no handler yet: acknowledge and count */
     sbw_log(SBW_LOG_INFO, "entry_ignored",
             json_pack("{s:s,s:s?,s:s?,s:s}", "topic", topic,
@@ -374,6 +383,53 @@ sbw_worker_process(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
     sbw_metrics_entry(topic, "ignored");
     sbw_worker_ack(w, e);
 
+    return SBW_DONE;
+}
+
+
+/*
+ * Installs, uninstalls and privacy requests (shops.c): acknowledged when
+ * done, dead-lettered when unusable, retried while PostgreSQL or Redis
+ * fail.
+ */
+static int
+sbw_worker_shops(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
+    long *delay_ms)
+{
+    int               rc;
+    sbw_shops_dead_t  dead;
+
+    if (sbw_ledger_connect(&w->ledger) != 0) {
+        sbw_metrics_set_postgres_up(0);
+        sbw_log(SBW_LOG_WARN, "postgres_unavailable",
+                json_pack("{s:s,s:s}", "topic", e->topic, "message",
+                          w->ledger.errstr));
+        rc = SBW_SHOPS_RETRY;
+
+    } else {
+        rc = sbw_shops_entry(w->shops, w->ledger.conn, w->stream.ctx, e,
+                             &dead);
+    }
+
+    if (rc == SBW_SHOPS_RETRY) {
+        *delay_ms = sbw_worker_delay(w, attempts, -1);
+        sbw_metrics_retry("shops");
+        sbw_metrics_entry(e->topic, "retry");
+        return SBW_RETRY;
+    }
+
+    if (rc == SBW_SHOPS_DEAD) {
+        if (sbw_worker_dead_letter(w, e, dead.code, dead.reason) != 0) {
+            return SBW_DONE;
+        }
+
+        sbw_metrics_entry(e->topic, "invalid");
+
+    } else {
+        sbw_metrics_entry(e->topic, "done");
+    }
+
+    sbw_worker_ack(w, e);
     return SBW_DONE;
 }
 
@@ -1453,6 +1509,13 @@ sbw_worker_new(const sbw_worker_env_t *env, int index)
         return NULL;
     }
 
+    w->shops = sbw_shops_ctx_new(env->conf, env->shopify, env->stop);
+    if (w->shops == NULL) {
+        sbw_bc_cleanup(&w->bc);
+        free(w);
+        return NULL;
+    }
+
     return w;
 }
 
@@ -1502,6 +1565,7 @@ sbw_worker_free(sbw_worker_t *w)
     sbw_stream_close(&w->stream);
     sbw_ledger_close(&w->ledger);
     sbw_bc_cleanup(&w->bc);
+    sbw_shops_ctx_free(w->shops);
 
     free(w);
 }

@@ -11,10 +11,12 @@
 
 #include "bc.h"
 #include "config.h"
+#include "shopify_conf.h"
 
 
 typedef struct {
     const sbw_config_t      *conf;
+    const sbw_shopify_conf_t *shopify;   /* the Shopify app settings */
     sbw_bc_shared_t         *bc_shared;
     volatile sig_atomic_t   *stop;
     const char              *instance;   /* random id of this process */
