@@ -33,6 +33,7 @@ import uuid
 from decimal import Decimal, InvalidOperation, ROUND_HALF_UP
 
 import shopify  # the Shopify side (sandbox/shopify.py)
+import shopify_oauth  # noqa: F401  (registers the OAuth endpoints)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_FIXTURES = os.path.join(os.path.dirname(HERE), "fixtures")
@@ -2072,6 +2073,7 @@ class Server(http.server.ThreadingHTTPServer):
 
 
 def cmd_serve(args):
+    shopify_oauth.configure(args)
     app = Sandbox(args)
     srv = Server((args.host, args.port), Handler)
     srv.app = app
@@ -2296,6 +2298,7 @@ def main(argv=None):
     s.add_argument("--tls-cert", help="PEM certificate (chain) for --https-port")
     s.add_argument("--tls-key", help="PEM private key for --https-port")
     s.add_argument("--https-port-file", help="write the bound HTTPS port here once listening")
+    shopify_oauth.add_arguments(s)
 
     w = sub.add_parser("send", help="deliver Shopify webhooks (HMAC-signed) to URL")
     w.add_argument("--url", required=True)
