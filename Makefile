@@ -57,6 +57,9 @@ bench: deps
 	$(MAKE) all
 	bench/intake.sh
 
+bench-redis-floor: deps
+	python3 bench/redis-floor.py
+
 up: deps
 	$(MAKE) all
 	scripts/stack.sh up

@@ -32,6 +32,9 @@ import urllib.parse
 import uuid
 from decimal import Decimal, InvalidOperation, ROUND_HALF_UP
 
+import shopify  # the Shopify side (sandbox/shopify.py)
+import shopify_oauth  # noqa: F401  (registers the OAuth endpoints)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_FIXTURES = os.path.join(os.path.dirname(HERE), "fixtures")
 
@@ -1219,6 +1222,7 @@ class Sandbox:
             self.echo = []
             self.echo_plan = {"statuses": [], "delay_ms": 0}
             self.touch()
+        shopify.reset(self)
         with self.limiter.cond:
             self.cfg.clear()
             self.cfg.update(self.base_cfg)
@@ -1734,6 +1738,10 @@ class Sandbox:
         if parts == ["reset"] and method == "POST":
             self.reset()
             return 200, {"ok": True}
+        if parts[:1] == ["shopify"]:
+            answer = shopify.control_request(self, method, parts[1:], params, body)
+            if answer is not None:
+                return answer
         if parts == ["requests"]:
             if method == "GET":
                 since = int(params.get("since", ["0"])[0] or 0)
@@ -1943,6 +1951,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         query = split.query
         params = urllib.parse.parse_qs(query, keep_blank_values=True)
         status = 0
+        shop = None
         self._principal = self._fault = None
         try:
             try:
@@ -1953,6 +1962,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if path.startswith("/_sandbox/"):
                 status, obj = app.control(method, path, params, body, self)
                 self.respond(status, obj, [], ctype="application/json; charset=utf-8")
+                return
+            shop = shopify.shop_from_host(self.headers.get("Host"))
+            if shop is not None:
+                status = shopify.dispatch(app, self, method, shop, path, split, params, body)
                 return
             status = self.service(app, method, path, split, params, body)
         except Drop:
@@ -1979,7 +1992,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         finally:
             principal, fault = self._principal, self._fault
             ms = int((time.monotonic() - t0) * 1000)
-            if not path.startswith("/_sandbox/"):
+            if not path.startswith("/_sandbox/") and shop is None:
                 app.log_add({"time": iso_ms(), "method": method, "path": path, "query": query,
                              "params": {k: v[0] if len(v) == 1 else v for k, v in params.items()},
                              "status": status, "durationMs": ms, "client": principal,
@@ -2060,10 +2073,21 @@ class Server(http.server.ThreadingHTTPServer):
 
 
 def cmd_serve(args):
+    shopify_oauth.configure(args)
     app = Sandbox(args)
     srv = Server((args.host, args.port), Handler)
     srv.app = app
     port = srv.server_address[1]
+    if args.https_port is not None:
+        tls = shopify.TLSServer((args.host, args.https_port), Handler, args.tls_cert, args.tls_key, app)
+        tls.app = app
+        if args.https_port_file:
+            with open(args.https_port_file + ".tmp", "w") as f:
+                f.write("%d\n" % tls.server_address[1])
+            os.replace(args.https_port_file + ".tmp", args.https_port_file)
+        print("sandbox: listening on https://%s:%d" % (args.host, tls.server_address[1]),
+              file=sys.stderr, flush=True)
+        threading.Thread(target=tls.serve_forever, daemon=True).start()
     if args.port_file:
         tmp = args.port_file + ".tmp"
         with open(tmp, "w") as f:
@@ -2270,6 +2294,11 @@ def main(argv=None):
     s.add_argument("--rate-limit", type=int, default=6000, help="requests per window per principal")
     s.add_argument("--rate-window-s", type=float, default=300, help="sliding window length in seconds")
     s.add_argument("--quiet", action="store_true", help="no per-request line on stderr")
+    s.add_argument("--https-port", type=int, help="also serve HTTPS here (same endpoints; needs --tls-cert/-key)")
+    s.add_argument("--tls-cert", help="PEM certificate (chain) for --https-port")
+    s.add_argument("--tls-key", help="PEM private key for --https-port")
+    s.add_argument("--https-port-file", help="write the bound HTTPS port here once listening")
+    shopify_oauth.add_arguments(s)
 
     w = sub.add_parser("send", help="deliver Shopify webhooks (HMAC-signed) to URL")
     w.add_argument("--url", required=True)
@@ -2293,6 +2322,8 @@ def main(argv=None):
     g.add_argument("file")
 
     args = ap.parse_args(argv)
+    if args.cmd == "serve" and args.https_port is not None and not (args.tls_cert and args.tls_key):
+        ap.error("--https-port needs --tls-cert and --tls-key")
     if args.cmd == "serve":
         return cmd_serve(args)
     if args.cmd == "send":

@@ -36,6 +36,7 @@ our @EXPORT = qw(
     free_port wait_until
     redis redis_port
     start_sandbox sandbox_call sandbox_orders sandbox_faults
+    test_ca start_dnsstub dns_queries shopify_requests
     start_nginx deliver
     create_database psql
     start_worker stop_worker worker_env
@@ -143,21 +144,89 @@ sub redis {
 
 my %SANDBOX;
 
+# Options become sandbox.py serve arguments (--key value), except
+# https => 1: also an HTTPS listener on a free port, with a certificate for
+# *.myshopify.com signed by the file's test CA (test_ca()); the returned
+# hash then has https_port and ca (the CA file to trust).
 sub start_sandbox {
     my (%opt) = @_;
+    my $https = delete $opt{https};
     my $port = free_port();
     my @args = ('--host', '127.0.0.1', '--port', $port,
                 '--tenant', 'e2e-tenant', '--client-id', 'e2e-client',
                 '--client-secret', 'e2e-secret');
+    my ($https_port, $ca);
+    if ($https) {
+        $ca = test_ca();
+        $https_port = free_port();
+        push @args, '--https-port', $https_port,
+                    '--https-port-file', "$TMP/sandbox-$port.https",
+                    '--tls-cert', $ca->{cert}, '--tls-key', $ca->{key};
+    }
     push @args, map { ("--$_", $opt{$_}) } sort keys %opt;
     spawn("$TMP/sandbox-$port.log", 'python3', "$TOP/sandbox/sandbox.py",
           'serve', @args);
     wait_port($port, 'sandbox');
+    # not by connecting: the HTTPS listener counts connections for tests
+    wait_until('sandbox https listener', 15,
+               sub { -s "$TMP/sandbox-$port.https" }) if $https;
     %SANDBOX = (port => $port, url => "http://127.0.0.1:$port",
                 tenant => 'e2e-tenant', client_id => 'e2e-client',
                 client_secret => 'e2e-secret');
+    if ($https) {
+        $SANDBOX{https_port} = $https_port;
+        $SANDBOX{ca} = $ca->{ca};
+    }
     return \%SANDBOX;
 }
+
+# The file's throwaway test CA (scripts/test-ca.sh), made once:
+# { ca => CA certificate, cert => server certificate for *.myshopify.com,
+#   myshopify.com, localhost, 127.0.0.1, key => its key, dir => ... }
+my $CA;
+sub test_ca {
+    return $CA if $CA;
+    my $dir = "$TMP/ca";
+    system("$TOP/scripts/test-ca.sh", $dir) == 0
+        or die "scripts/test-ca.sh $dir failed\n";
+    $CA = { dir => $dir, ca => "$dir/ca.pem", cert => "$dir/server.pem",
+            key => "$dir/server.key" };
+    return $CA;
+}
+
+# The stub DNS server (sandbox/dnsstub.py) on a free UDP port: A records
+# for *.myshopify.com are 127.0.0.1, everything else NXDOMAIN.  Returns
+# { port, log }; point nginx at it with "resolver 127.0.0.1:<port>".
+sub start_dnsstub {
+    my (%opt) = @_;
+    my $n = scalar grep { /dnsstub/ } glob "$TMP/dnsstub-*.port";
+    my $pf = "$TMP/dnsstub-$n.port";
+    my $log = "$TMP/dnsstub-$n.jsonl";
+    spawn("$TMP/dnsstub-$n.log", 'python3', "$TOP/sandbox/dnsstub.py",
+          '--port', 0, '--port-file', $pf, '--log', $log,
+          '--ttl', $opt{ttl} // 30);
+    my $port = wait_until('dnsstub port file', 15, sub {
+        return unless -s $pf;
+        my $p = slurp($pf);
+        chomp $p;
+        return $p =~ /^\d+$/ ? $p : undef;
+    });
+    return { port => $port, log => $log };
+}
+
+# every query the stub DNS server has answered, oldest first:
+# [{ name, type, answer, time }, ...]
+sub dns_queries {
+    my ($dns) = @_;
+    open my $fh, '<', $dns->{log} or return [];
+    my @q = map { $JSON->decode($_) } grep { /\S/ } <$fh>;
+    close $fh;
+    return \@q;
+}
+
+# the sandbox's Shopify request log: { value => [...], last,
+# connections, tls_failures } (see sandbox/shopify.py)
+sub shopify_requests { sandbox_call('GET', '/_sandbox/shopify/requests') }
 
 sub sandbox_call {
     my ($method, $path, $body) = @_;
