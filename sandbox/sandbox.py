@@ -34,6 +34,7 @@ from decimal import Decimal, InvalidOperation, ROUND_HALF_UP
 
 import shopify  # the Shopify side (sandbox/shopify.py)
 import shopify_oauth  # noqa: F401  (registers the OAuth endpoints)
+import shopify_admin  # noqa: F401  (GraphQL Admin subset; faults on shop routes)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_FIXTURES = os.path.join(os.path.dirname(HERE), "fixtures")

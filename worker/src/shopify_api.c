@@ -194,7 +194,7 @@ sbw_shopify_post(sbw_shopify_t *s, const char *shop, const char *path,
     hdrs = NULL;
     auth = NULL;
 
-    snprintf(url, sizeof(url), "%s://%s%s", s->conf->scheme, shop, path);
+    snprintf(url, sizeof(url), "https://%s%s", shop, path);
     snprintf(ct, sizeof(ct), "Content-Type: %s", ctype);
 
     h = curl_slist_append(NULL, ct);
@@ -239,7 +239,7 @@ sbw_shopify_post(sbw_shopify_t *s, const char *shop, const char *path,
     curl_easy_setopt(s->curl, CURLOPT_HEADERFUNCTION, sbw_shopify_header);
     curl_easy_setopt(s->curl, CURLOPT_HEADERDATA, &res->retry_after_ms);
     curl_easy_setopt(s->curl, CURLOPT_USERAGENT, "shopify-bc-worker/1.0");
-    curl_easy_setopt(s->curl, CURLOPT_PROTOCOLS_STR, "https,http");
+    curl_easy_setopt(s->curl, CURLOPT_PROTOCOLS_STR, "https");
 
     if (s->connect_to != NULL) {
         curl_easy_setopt(s->curl, CURLOPT_CONNECT_TO, s->connect_to);

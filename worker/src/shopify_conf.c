@@ -485,10 +485,6 @@ sbw_shopify_conf_load(sbw_shopify_conf_t *c, sbw_getenv_pt get, void *ctx,
     v = sbw_senv(&e, "SHOPIFY_CA_FILE");
     c->ca_file = v ? strdup(v) : NULL;
 
-    /* TODO: remove once the sandbox listens on HTTPS (tests only) */
-    v = sbw_senv(&e, "SHOPIFY_ADMIN_SCHEME");
-    c->scheme = strdup(v && strcmp(v, "http") == 0 ? "http" : "https");
-
     c->refresh_margin_ms = 1000 * sbw_senv_long(&e, "SHOPIFY_REFRESH_MARGIN_S",
                                                 300, 0, 86400);
     c->maintenance_ms = sbw_senv_long(&e, "SHOPIFY_MAINTENANCE_INTERVAL_MS",
@@ -505,7 +501,7 @@ sbw_shopify_conf_load(sbw_shopify_conf_t *c, sbw_getenv_pt get, void *ctx,
     c->purge_interval_ms = sbw_senv_long(&e, "PURGE_INTERVAL_MS", 3600000,
                                          50, 86400000);
 
-    if (c->api_version == NULL || c->scheme == NULL
+    if (c->api_version == NULL
         || (c->enabled && c->client_id == NULL))
     {
         sbw_senv_fail(&e, "out of memory reading settings");
@@ -535,7 +531,6 @@ sbw_shopify_conf_free(sbw_shopify_conf_t *c)
     free(c->callback_url);
     free(c->connect_to);
     free(c->ca_file);
-    free(c->scheme);
 
     for (i = 0; i < c->ntopics; i++) {
         free(c->topics[i]);

@@ -43,7 +43,6 @@ typedef struct {
 
     char           *connect_to;        /* tests: "host:port" */
     char           *ca_file;           /* tests: CA bundle */
-    char           *scheme;            /* "https" */
 
     long            refresh_margin_ms;
     long            maintenance_ms;
