@@ -253,8 +253,10 @@ main(int argc, char **argv)
     struct sigaction    sa;
     sbw_shopify_conf_t  sconf;
 
-    /* subcommands: shopify-bc-worker webhooks ensure --shop X */
-    if (argc > 1 && strcmp(argv[1], "webhooks") == 0) {
+    /* subcommands: webhooks ensure --shop X, tokens encrypt --shop X */
+    if (argc > 1 && (strcmp(argv[1], "webhooks") == 0
+                     || strcmp(argv[1], "tokens") == 0))
+    {
         return sbw_shops_cli(argc - 1, argv + 1);
     }
 

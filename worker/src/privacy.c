@@ -556,7 +556,9 @@ sbw_privacy_dead_letters(PGconn *conn, const char *shop,
                  rows ? ", coalesce(json_agg(d), '[]')" : "");
     }
 
-    if (sbw_shops_exec(conn, sql, 3, params, 1, &res, err, errlen) != 0) {
+    if (sbw_shops_exec(conn, sql, who->whole_shop ? 1 : 3, params, 1, &res,
+                       err, errlen) != 0)
+    {
         free(re);
         return -1;
     }

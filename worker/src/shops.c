@@ -24,6 +24,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
+
 #include "backoff.h"
 #include "crypto.h"
 #include "log.h"
@@ -88,6 +90,7 @@ static int sbw_shops_installed(sbw_shops_ctx_t *ctx, PGconn *conn,
 static int sbw_shops_uninstalled(sbw_shops_ctx_t *ctx, PGconn *conn,
     const sbw_entry_t *e, const char *shop);
 static void *sbw_shops_maint_run(void *arg);
+static int sbw_shops_cli_encrypt(const char *shop);
 
 
 int
@@ -1180,11 +1183,58 @@ sbw_shops_maint_stop(void)
 }
 
 
-/* ---- CLI: shopify-bc-worker webhooks ensure --shop X ----------------- */
+/* ---- CLI: webhooks ensure --shop X, tokens encrypt --shop X ---------- */
 
 
 /*
- * `webhooks ensure --shop <domain>`: one registration run now, waiting
+ * `tokens encrypt --shop <domain>`: the token on standard input (one
+ * line) as the v1 blob the shops table and nginx use, with
+ * SHOPIFY_TOKEN_KEY.  For seeding a shop by hand, and for tests.  There
+ * is no decrypt command: tokens never leave the worker in clear.
+ */
+static int
+sbw_shops_cli_encrypt(const char *shop)
+{
+    char           line[SBW_TOKEN_MAX_PLAIN + 2], *blob;
+    size_t         n;
+    const char    *hex;
+    unsigned char  key[SBW_TOKEN_KEY_LEN];
+
+    hex = getenv("SHOPIFY_TOKEN_KEY");
+
+    if (sbw_token_key_parse(hex, key) != 0) {
+        fputs("shopify-bc-worker: SHOPIFY_TOKEN_KEY must be 64 hex "
+              "characters\n", stderr);
+        return 2;
+    }
+
+    if (fgets(line, sizeof(line), stdin) == NULL) {
+        fputs("shopify-bc-worker: no token on standard input\n", stderr);
+        return 2;
+    }
+
+    n = strcspn(line, "\r\n");
+    line[n] = '\0';
+
+    blob = sbw_token_encrypt(key, shop, line);
+    OPENSSL_cleanse(line, sizeof(line));
+    OPENSSL_cleanse(key, sizeof(key));
+
+    if (blob == NULL) {
+        fputs("shopify-bc-worker: cannot encrypt (empty token?)\n", stderr);
+        return 1;
+    }
+
+    puts(blob);
+    free(blob);
+
+    return 0;
+}
+
+
+/*
+ * `webhooks ensure --shop <domain>` (argv[0] is "webhooks" or "tokens"):
+ * one registration run now, waiting
  * for the shop's lock if a worker holds it.  Prints one JSON line with
  * what was kept, created and deleted.  Exit 0 done, 1 failed, 2 usage or
  * settings.
@@ -1219,9 +1269,16 @@ sbw_shops_cli(int argc, char **argv)
         }
     }
 
-    if (argc < 2 || strcmp(argv[1], "ensure") != 0 || shop_arg == NULL) {
+    if (argc < 2 || shop_arg == NULL
+        || !((strcmp(argv[0], "webhooks") == 0
+              && strcmp(argv[1], "ensure") == 0)
+             || (strcmp(argv[0], "tokens") == 0
+                 && strcmp(argv[1], "encrypt") == 0)))
+    {
         fputs("usage: shopify-bc-worker webhooks ensure --shop "
-              "<name>.myshopify.com\n", stderr);
+              "<name>.myshopify.com\n"
+              "       shopify-bc-worker tokens encrypt --shop "
+              "<name>.myshopify.com < token\n", stderr);
         return 2;
     }
 
@@ -1229,6 +1286,10 @@ sbw_shops_cli(int argc, char **argv)
         fprintf(stderr, "shopify-bc-worker: \"%s\" is not a "
                 "<name>.myshopify.com domain\n", shop_arg);
         return 2;
+    }
+
+    if (strcmp(argv[0], "tokens") == 0) {
+        return sbw_shops_cli_encrypt(shop);
     }
 
     if (sbw_config_load(&conf, sbw_getenv_process, NULL, err, sizeof(err))
