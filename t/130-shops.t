@@ -160,7 +160,7 @@ redis('XADD', $dead, '1000-1', topic => 'orders/create', shop => $A,
 
 # a dead_letters table as the dead-letter component keeps one
 psql($db, 'CREATE TABLE dead_letters (id bigserial PRIMARY KEY,'
-          . ' shop text NOT NULL, topic text, body text,'
+          . ' shop text, shopify_order_id bigint, topic text, payload text,'
           . " created_at timestamptz NOT NULL DEFAULT now())");
 
 # --- install, THROTTLED, stale subscriptions -------------------------------
@@ -331,7 +331,7 @@ pass 'A: orders received after the uninstall still became BC orders';
 
 # customers/data_request for the basic order's customer
 my $dr = fixture('customers-data_request.json');
-psql($db, "INSERT INTO dead_letters (shop, topic, body) VALUES ('$A',"
+psql($db, "INSERT INTO dead_letters (shop, topic, payload) VALUES ('$A',"
           . " 'orders/create', '{\"id\":6021450011001,\"note\":\"x\"}')");
 xadd('customers/data_request', $A, $dr);
 wait_until('export recorded', 15, sub {
@@ -349,8 +349,11 @@ is audit($A, 'customers_data_request')->[0], 1, 'data_request: audit row';
 my $rd = fixture('customers-redact.json');
 psql($db, "UPDATE bc_order_ledger SET error_message = 'juergen.groesse\@example.com'"
           . " WHERE shopify_order_id = 6021450011004");
-psql($db, "INSERT INTO dead_letters (shop, topic, body) VALUES ('$A',"
-          . " 'orders/create', '{\"id\":6021450011004}')");
+psql($db, "INSERT INTO dead_letters (shop, topic, payload) VALUES ('$A',"
+          . " 'orders/create', '{\"id\":6021450011004}'),"
+          . " ('$A', 'orders/create', 'eyJpZCI6NjAyMTQ1MDAxMTAwNH0=')");
+psql($db, "UPDATE dead_letters SET shopify_order_id = 6021450011004"
+          . " WHERE payload LIKE 'eyJ%'");
 redis('XADD', $dead, '*', topic => 'orders/create', shop => $A,
       body => $unicode, source_id => '1-1');
 xadd('customers/redact', $A, $rd);
@@ -360,8 +363,9 @@ unlike $entries, qr/"id":6021450011004/, 'redact: no stream or dead-letter entry
 like $entries, qr/"id":6021450011001/, 'redact: the other customer\'s order stays';
 is row("SELECT count(*) FROM bc_order_ledger WHERE shopify_order_id = 6021450011004"
        . " AND error_message IS NOT NULL")->[0], 0, 'redact: ledger text cleared';
-is row("SELECT count(*) FROM dead_letters WHERE body LIKE '%6021450011004%'")->[0], 0,
-    'redact: dead_letters row gone';
+is row("SELECT count(*) FROM dead_letters WHERE payload LIKE '%6021450011004%'"
+       . " OR shopify_order_id = 6021450011004")->[0], 0,
+    'redact: dead_letters rows gone (by payload, and by order id)';
 is row("SELECT count(*) FROM dead_letters")->[0], 1, 'redact: the other dead letter stays';
 like audit($A, 'customers_redact')->[1], qr/"stream_entries": 2/,
     'redact: the audit row counts the entries, holds no e-mail';
@@ -369,7 +373,7 @@ unlike audit($A, 'customers_redact')->[1], qr/example\.com/, 'redact: audit with
 
 # the retention purge: an old export, an old dead_letters row, the old
 # dead-letter stream entry
-psql($db, "INSERT INTO dead_letters (shop, body, created_at) VALUES"
+psql($db, "INSERT INTO dead_letters (shop, payload, created_at) VALUES"
           . " ('$B', '{}', now() - interval '40 days')");
 psql($db, "UPDATE privacy_requests SET received_at = now() - interval '40 days'");
 wait_until('purged', 15, sub {

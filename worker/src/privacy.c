@@ -63,6 +63,7 @@ static int sbw_privacy_dead_letters(PGconn *conn, const char *shop,
 
 static const char  *sbw_dl_body_columns[] = { "body", "payload", NULL };
 static const char  *sbw_dl_shop_columns[] = { "shop", NULL };
+static const char  *sbw_dl_order_columns[] = { "shopify_order_id", NULL };
 static const char  *sbw_dl_time_columns[] = {
     "created_at", "dead_at", "failed_at", "received_at", "at", NULL
 };
@@ -476,19 +477,21 @@ sbw_privacy_affected(PGconn *conn, const char *sql, int n,
 /*
  * Rows of the dead_letters table (another component's, when it exists)
  * that hold the subject's data: listed (rows) or deleted (del).  The
- * table's columns are looked up, not assumed: a shop column, and a body
- * or payload column searched for the ids and the e-mail.
+ * table's columns are looked up, not assumed: a shop column, a body or
+ * payload column searched for the ids and the e-mail, and the order id
+ * column when there is one.
  */
 static int
 sbw_privacy_dead_letters(PGconn *conn, const char *shop,
     const sbw_privacy_subject_t *who, int del, json_t **rows,
     long long *count, char *err, size_t errlen)
 {
-    int          has;
-    char         body[64], shopcol[64], sql[1024], *re;
+    int          has, byid;
+    char         body[64], shopcol[64], idcol[64], sql[1024], idcond[96];
+    char        *re, *ids;
     PGresult    *res;
     json_t      *v;
-    const char  *params[3];
+    const char  *params[4];
 
     *count = 0;
 
@@ -532,10 +535,32 @@ sbw_privacy_dead_letters(PGconn *conn, const char *shop,
     }
 
     re = sbw_privacy_id_regex(who);
+    ids = sbw_privacy_ids_array(who);
+
+    /* a row that names its order: matched by id (its payload may be
+       base64) */
+    byid = who->whole_shop ? 0
+           : sbw_privacy_column(conn, "dead_letters", sbw_dl_order_columns,
+                                idcol, sizeof(idcol), err, errlen);
+
+    if (byid < 0 || ids == NULL) {
+        free(re);
+        free(ids);
+        return -1;
+    }
 
     params[0] = shop;
     params[1] = re ? re : "^$.";
     params[2] = who->email ? who->email : "";
+    params[3] = ids;
+
+    if (byid) {
+        snprintf(idcond, sizeof(idcond), " OR t.%s = ANY($4::bigint[])",
+                 idcol);
+
+    } else {
+        snprintf(idcond, sizeof(idcond), " OR $4::bigint[] IS NULL");
+    }
 
     if (who->whole_shop) {
         snprintf(sql, sizeof(sql),
@@ -549,21 +574,23 @@ sbw_privacy_dead_letters(PGconn *conn, const char *shop,
         snprintf(sql, sizeof(sql),
                  "WITH d AS (%s FROM dead_letters t WHERE lower(t.%s) = $1"
                  "  AND (t.%s::text ~ $2 OR ($3 <> '' AND"
-                 "       position(lower($3) IN lower(t.%s::text)) > 0))"
+                 "       position(lower($3) IN lower(t.%s::text)) > 0)%s)"
                  " %s) SELECT count(*)%s FROM d",
-                 del ? "DELETE" : "SELECT t.*", shopcol, body, body,
+                 del ? "DELETE" : "SELECT t.*", shopcol, body, body, idcond,
                  del ? "RETURNING 1 AS x" : "",
                  rows ? ", coalesce(json_agg(d), '[]')" : "");
     }
 
-    if (sbw_shops_exec(conn, sql, who->whole_shop ? 1 : 3, params, 1, &res,
+    if (sbw_shops_exec(conn, sql, who->whole_shop ? 1 : 4, params, 1, &res,
                        err, errlen) != 0)
     {
         free(re);
+        free(ids);
         return -1;
     }
 
     free(re);
+    free(ids);
 
     *count = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 
