@@ -266,7 +266,7 @@ my @grants = grep { ($_->{grant} // '') eq 'refresh_token' } @{ shop_log($B) };
 # the dropped one is not in the request log (it has no answer); the
 # worker's log has the failure
 like do { local (@ARGV, $/) = $worker->{log}; <> },
-    qr/"event":"token_failed"[^\n]*"shop":"$B"/, 'B: the lost answer was a failure';
+    qr/"event":"shop_token_failed"[^\n]*"shop":"$B"/, 'B: the lost answer was a failure';
 is scalar @grants, 1, 'B: one answered refresh, after the lost one';
 $r = shop_row($B);
 is $r->[6], 0, 'B: failures reset';

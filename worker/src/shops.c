@@ -288,7 +288,7 @@ sbw_shops_fetch_token(sbw_shops_ctx_t *ctx, PGconn *conn, const char *shop,
                  && (strcmp(res.oauth_error, "invalid_grant") == 0
                      || res.status == 401);
 
-        sbw_log(reauth ? SBW_LOG_ERROR : SBW_LOG_WARN, "token_failed",
+        sbw_log(reauth ? SBW_LOG_ERROR : SBW_LOG_WARN, "shop_token_failed",
                 json_pack("{s:s,s:s,s:i,s:s,s:b}", "shop", shop,
                           "mode", row.mode, "status", (json_int_t) res.status,
                           "message", res.error, "reauth_required", reauth));
@@ -313,7 +313,7 @@ sbw_shops_fetch_token(sbw_shops_ctx_t *ctx, PGconn *conn, const char *shop,
     }
 
     if (sbw_shopify_parse_tokens(res.body, &t, msg, sizeof(msg)) != 0) {
-        sbw_log(SBW_LOG_WARN, "token_failed",
+        sbw_log(SBW_LOG_WARN, "shop_token_failed",
                 json_pack("{s:s,s:s,s:s}", "shop", shop, "mode", row.mode,
                           "message", msg));
         sbw_shops_token_failed(conn, shop,
