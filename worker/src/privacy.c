@@ -386,6 +386,7 @@ sbw_privacy_scan(redisContext *c, const char *key,
                                                      blen)));
             }
 
+            /* TODO: a pending (not yet processed) order entry is erased too */
             ids[nd++] = e->element[0]->str;
         }
 

@@ -851,7 +851,10 @@ sbw_shops_installed(sbw_shops_ctx_t *ctx, PGconn *conn, const sbw_entry_t *e,
         goto invalid;
     }
 
-    /* the blobs must be ours and this shop's: decrypt them once */
+    /*
+     * the blobs must be ours and this shop's: decrypt them once
+     * TODO: a blob under another key is dead-lettered, not retried
+     */
     probe = sbw_token_decrypt(ctx->sconf->key, shop, in.access_token);
 
     if (probe == NULL) {
@@ -951,6 +954,7 @@ sbw_shops_uninstalled(sbw_shops_ctx_t *ctx, PGconn *conn,
 
     (void) ctx;
 
+    /* TODO: install times are ours, uninstall times Shopify's: no skew check */
     at_ms = e->received_at ? strtoll(e->received_at, NULL, 10) : 0;
 
     applied = sbw_shops_uninstall(conn, shop, at_ms, e->triggered_at, err,
