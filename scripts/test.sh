@@ -29,7 +29,13 @@ export SHOPIFY_BC_TEST_TMP="$tmp"
 
 cleanup() {
     if [ -f "$tmp/redis.pid" ]; then
-        kill "$(cat "$tmp/redis.pid")" 2>/dev/null || true
+        pid=$(cat "$tmp/redis.pid")
+        kill "$pid" 2>/dev/null || true
+        # it may still be writing its files: wait before removing them
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
     fi
     rm -rf "$tmp"
 }
