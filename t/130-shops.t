@@ -371,6 +371,22 @@ like audit($A, 'customers_redact')->[1], qr/"stream_entries": 2/,
     'redact: the audit row counts the entries, holds no e-mail';
 unlike audit($A, 'customers_redact')->[1], qr/example\.com/, 'redact: audit without personal data';
 
+# an entry of that customer that some consumer group has not finished
+# (here another group that lags behind) may still have to reach BC:
+# redact keeps it, and says so
+my $last = (split /\n/, redis('XREVRANGE', $stream, '+', '-', 'COUNT', 1))[0];
+redis('XGROUP', 'CREATE', $stream, 'laggard', $last);
+my $waiting = xadd('orders/create', $A, $unicode);
+xadd('customers/redact', $A, $rd);
+wait_until('second redact', 15, sub { audit($A, 'customers_redact')->[0] == 2 });
+like redis('XRANGE', $stream, $waiting, $waiting), qr/"id":6021450011004/,
+    'redact: an entry not yet finished by every consumer group is kept';
+like row("SELECT detail::text FROM shop_audit WHERE shop = '$A' AND"
+         . " action = 'customers_redact' ORDER BY id DESC LIMIT 1")->[0],
+    qr/"stream_entries_kept": 1\b/, 'redact: the audit row counts the kept entry';
+redis('XGROUP', 'DESTROY', $stream, 'laggard');
+redis('XDEL', $stream, $waiting);
+
 # the retention purge: an old export, an old dead_letters row, the old
 # dead-letter stream entry
 psql($db, "INSERT INTO dead_letters (shop, payload, created_at) VALUES"

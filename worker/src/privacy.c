@@ -41,7 +41,10 @@ static char *sbw_privacy_ids_array(const sbw_privacy_subject_t *who);
 static char *sbw_privacy_id_regex(const sbw_privacy_subject_t *who);
 static int sbw_privacy_scan(redisContext *c, const char *key,
     const sbw_privacy_subject_t *who, const char *shop, const char *skip,
-    int del, json_t *found, long long *count, char *err, size_t errlen);
+    int del, const char *keep_from, json_t *found, long long *count,
+    long long *kept, char *err, size_t errlen);
+static int sbw_privacy_floor(redisContext *c, const sbw_config_t *conf,
+    char *floor, size_t len, char *err, size_t errlen);
 static int sbw_privacy_column(PGconn *conn, const char *table,
     const char *const *names, char *out, size_t outlen, char *err,
     size_t errlen);
@@ -284,14 +287,48 @@ sbw_privacy_id_regex(const sbw_privacy_subject_t *who)
 
 
 /*
+ * The webhook stream's entries that every consumer group has finished
+ * are those below floor; an entry at or above it may still be waiting to
+ * reach BC.  "0-0" when the stream has no group yet.
+ */
+static int
+sbw_privacy_floor(redisContext *c, const sbw_config_t *conf, char *floor,
+    size_t len, char *err, size_t errlen)
+{
+    sbw_stream_t  s;
+
+    memset(&s, 0, sizeof(s));
+    s.ctx = c;
+    s.conf = conf;
+
+    if (sbw_stream_floor(&s, floor, len) != SBW_STREAM_OK) {
+        snprintf(err, errlen, "consumer groups of %s: %s", conf->stream_key,
+                 s.errstr);
+        return -1;
+    }
+
+    if (floor[0] == '\0') {
+        snprintf(floor, len, "0-0");
+    }
+
+    return 0;
+}
+
+
+/*
  * Walk a stream (XRANGE pages) for entries of the subject: count them,
  * list them in found (id, topic, webhook id, payload) and, with del,
  * XDEL them.  skip: an entry id left alone (the request's own).
+ * keep_from: with del, entries at or above this id are not deleted but
+ * counted in *kept: they have not reached BC yet, and erasing them would
+ * lose an order.  They leave the stream with the trim that follows their
+ * processing.
  */
 static int
 sbw_privacy_scan(redisContext *c, const char *key,
     const sbw_privacy_subject_t *who, const char *shop, const char *skip,
-    int del, json_t *found, long long *count, char *err, size_t errlen)
+    int del, const char *keep_from, json_t *found, long long *count,
+    long long *kept, char *err, size_t errlen)
 {
     char          start[80];
     size_t        i, j, nd;
@@ -386,7 +423,13 @@ sbw_privacy_scan(redisContext *c, const char *key,
                                                      blen)));
             }
 
-            /* TODO: a pending (not yet processed) order entry is erased too */
+            if (keep_from != NULL
+                && sbw_stream_id_cmp(e->element[0]->str, keep_from) >= 0)
+            {
+                (*kept)++;
+                continue;
+            }
+
             ids[nd++] = e->element[0]->str;
         }
 
@@ -681,9 +724,10 @@ sbw_privacy_data_request(PGconn *conn, redisContext *redis,
                                  errlen) != 0
         || redis == NULL
         || sbw_privacy_scan(redis, conf->stream_key, &who, shop, e->id, 0,
-                            entries, &nstream, err, errlen) != 0
+                            NULL, entries, &nstream, NULL, err, errlen) != 0
         || sbw_privacy_scan(redis, conf->dead_letter_key, &who, shop, NULL,
-                            0, entries, &nstream, err, errlen) != 0)
+                            0, NULL, entries, &nstream, NULL, err,
+                            errlen) != 0)
     {
         if (redis == NULL) {
             snprintf(err, errlen, "no Redis connection");
@@ -777,7 +821,8 @@ sbw_privacy_customer_redact(PGconn *conn, redisContext *redis,
 {
     int                     rc, has;
     char                   *ids, cid[32], col[64], sql[512];
-    long long               nledger, nstream, ndl, nexp;
+    char                    floor[64];
+    long long               nledger, nstream, ndl, nexp, nkept;
     const char             *params[3];
     sbw_privacy_subject_t   who;
 
@@ -789,6 +834,7 @@ sbw_privacy_customer_redact(PGconn *conn, redisContext *redis,
 
     rc = SBW_PRIVACY_RETRY;
     nstream = 0;
+    nkept = 0;
     ids = sbw_privacy_ids_array(&who);
     snprintf(cid, sizeof(cid), "%lld", who.customer_id);
 
@@ -856,36 +902,41 @@ sbw_privacy_customer_redact(PGconn *conn, redisContext *redis,
         goto done;
     }
 
-    if (sbw_privacy_scan(redis, conf->stream_key, &who, shop, e->id, 1,
-                         NULL, &nstream, err, errlen) != 0
+    if (sbw_privacy_floor(redis, conf, floor, sizeof(floor), err, errlen)
+           != 0
+        || sbw_privacy_scan(redis, conf->stream_key, &who, shop, e->id, 1,
+                            floor, NULL, &nstream, &nkept, err, errlen) != 0
         || sbw_privacy_scan(redis, conf->dead_letter_key, &who, shop, NULL,
-                            1, NULL, &nstream, err, errlen) != 0)
+                            1, NULL, NULL, &nstream, NULL, err, errlen) != 0)
     {
         goto done;
     }
 
     if (sbw_shops_audit(conn, shop, "customers_redact", e->webhook_id,
-                        json_pack("{s:I,s:i,s:I,s:I,s:I,s:I}",
+                        json_pack("{s:I,s:i,s:I,s:I,s:I,s:I,s:I}",
                                   "customer_id",
                                   (json_int_t) who.customer_id,
                                   "orders", (json_int_t) who.norders,
                                   "ledger_rows", (json_int_t) nledger,
                                   "exports", (json_int_t) nexp,
                                   "dead_letters", (json_int_t) ndl,
-                                  "stream_entries", (json_int_t) nstream),
+                                  "stream_entries", (json_int_t) nstream,
+                                  "stream_entries_kept",
+                                  (json_int_t) nkept),
                         err, errlen) != 0)
     {
         goto done;
     }
 
     sbw_log(SBW_LOG_INFO, "privacy_customer_redacted",
-            json_pack("{s:s,s:s?,s:I,s:I,s:I,s:I,s:I}", "shop", shop,
+            json_pack("{s:s,s:s?,s:I,s:I,s:I,s:I,s:I,s:I}", "shop", shop,
                       "webhook_id", e->webhook_id,
                       "customer_id", (json_int_t) who.customer_id,
                       "ledger_rows", (json_int_t) nledger,
                       "exports", (json_int_t) nexp,
                       "dead_letters", (json_int_t) ndl,
-                      "stream_entries", (json_int_t) nstream));
+                      "stream_entries", (json_int_t) nstream,
+                      "stream_entries_kept", (json_int_t) nkept));
     rc = SBW_PRIVACY_OK;
 
 done:
@@ -906,13 +957,15 @@ sbw_privacy_shop_redact(PGconn *conn, redisContext *redis,
     const sbw_config_t *conf, const char *shop, const sbw_entry_t *e,
     char *err, size_t errlen)
 {
-    long long               nledger, nreq, nshop, ndl, nstream;
+    char                    floor[64];
+    long long               nledger, nreq, nshop, ndl, nstream, nkept;
     const char             *params[1];
     sbw_privacy_subject_t   who;
 
     memset(&who, 0, sizeof(who));
     who.whole_shop = 1;
     nstream = 0;
+    nkept = 0;
     params[0] = shop;
 
     nledger = sbw_privacy_affected(conn,
@@ -938,34 +991,39 @@ sbw_privacy_shop_redact(PGconn *conn, redisContext *redis,
         return SBW_PRIVACY_RETRY;
     }
 
-    if (sbw_privacy_scan(redis, conf->stream_key, &who, shop, e->id, 1,
-                         NULL, &nstream, err, errlen) != 0
+    if (sbw_privacy_floor(redis, conf, floor, sizeof(floor), err, errlen)
+           != 0
+        || sbw_privacy_scan(redis, conf->stream_key, &who, shop, e->id, 1,
+                            floor, NULL, &nstream, &nkept, err, errlen) != 0
         || sbw_privacy_scan(redis, conf->dead_letter_key, &who, shop, NULL,
-                            1, NULL, &nstream, err, errlen) != 0)
+                            1, NULL, NULL, &nstream, NULL, err, errlen) != 0)
     {
         return SBW_PRIVACY_RETRY;
     }
 
     if (sbw_shops_audit(conn, shop, "shop_redact", e->webhook_id,
-                        json_pack("{s:I,s:I,s:b,s:I,s:I}",
+                        json_pack("{s:I,s:I,s:b,s:I,s:I,s:I}",
                                   "ledger_rows", (json_int_t) nledger,
                                   "privacy_requests", (json_int_t) nreq,
                                   "shop_row", nshop > 0,
                                   "dead_letters", (json_int_t) ndl,
-                                  "stream_entries", (json_int_t) nstream),
+                                  "stream_entries", (json_int_t) nstream,
+                                  "stream_entries_kept",
+                                  (json_int_t) nkept),
                         err, errlen) != 0)
     {
         return SBW_PRIVACY_RETRY;
     }
 
     sbw_log(SBW_LOG_INFO, "privacy_shop_redacted",
-            json_pack("{s:s,s:s?,s:I,s:I,s:b,s:I,s:I}", "shop", shop,
+            json_pack("{s:s,s:s?,s:I,s:I,s:b,s:I,s:I,s:I}", "shop", shop,
                       "webhook_id", e->webhook_id,
                       "ledger_rows", (json_int_t) nledger,
                       "privacy_requests", (json_int_t) nreq,
                       "shop_row", nshop > 0,
                       "dead_letters", (json_int_t) ndl,
-                      "stream_entries", (json_int_t) nstream));
+                      "stream_entries", (json_int_t) nstream,
+                      "stream_entries_kept", (json_int_t) nkept));
 
     return SBW_PRIVACY_OK;
 }

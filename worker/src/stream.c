@@ -599,26 +599,22 @@ sbw_map_get(const redisReply *r, const char *key)
 
 
 /*
- * Trim the stream below the oldest entry some consumer group may still
- * need.  For every group (ours and any other) that bound is its oldest
- * pending entry (XPENDING) if it has one, else the entry after its
- * last-delivered-id: everything older has been delivered and
- * acknowledged.  XTRIM MINID then removes only entries below the minimum
- * over all groups, so nothing unacknowledged or undelivered is ever lost.
- * A stream without groups is left alone.  *trimmed is the number of
- * entries removed; minid receives the bound used ("" if none).
+ * The oldest entry some consumer group may still need.  For every group
+ * (ours and any other) that bound is its oldest pending entry (XPENDING)
+ * if it has one, else the entry after its last-delivered-id: everything
+ * older has been delivered and acknowledged by every group.  minid
+ * receives the minimum over all groups, "" for a stream without groups
+ * (nothing can be called done then).
  */
 int
-sbw_stream_trim(sbw_stream_t *s, long long *trimmed, char *minid,
-    size_t minid_len)
+sbw_stream_floor(sbw_stream_t *s, char *minid, size_t minid_len)
 {
     int                rc, have;
     size_t             i;
     sbw_sid_t          best, cand;
-    redisReply        *groups, *p, *r;
+    redisReply        *groups, *p;
     const redisReply  *g, *name, *pending, *last;
 
-    *trimmed = 0;
     minid[0] = '\0';
     have = 0;
     best.ms = 0;
@@ -697,11 +693,54 @@ sbw_stream_trim(sbw_stream_t *s, long long *trimmed, char *minid,
 
     freeReplyObject(groups);
 
-    if (!have) {
-        return SBW_STREAM_OK;
+    if (have) {
+        snprintf(minid, minid_len, "%llu-%llu", best.ms, best.seq);
     }
 
-    snprintf(minid, minid_len, "%llu-%llu", best.ms, best.seq);
+    return SBW_STREAM_OK;
+}
+
+
+/*
+ * Order of two entry ids ("ms-seq" or "ms"): <0, 0, >0.  An id that does
+ * not parse sorts first.
+ */
+int
+sbw_stream_id_cmp(const char *a, const char *b)
+{
+    int        pa, pb;
+    sbw_sid_t  x, y;
+
+    pa = sbw_sid_parse(a, &x);
+    pb = sbw_sid_parse(b, &y);
+
+    if (pa != 0 || pb != 0) {
+        return (pa != 0) - (pb != 0) ? (pb != 0) - (pa != 0) : 0;
+    }
+
+    return sbw_sid_cmp(&x, &y);
+}
+
+
+/*
+ * Trim the stream below sbw_stream_floor(), so nothing unacknowledged or
+ * undelivered is ever lost.  A stream without groups is left alone.
+ * *trimmed is the number of entries removed; minid receives the bound
+ * used ("" if none).
+ */
+int
+sbw_stream_trim(sbw_stream_t *s, long long *trimmed, char *minid,
+    size_t minid_len)
+{
+    int          rc;
+    redisReply  *r;
+
+    *trimmed = 0;
+
+    rc = sbw_stream_floor(s, minid, minid_len);
+    if (rc != SBW_STREAM_OK || minid[0] == '\0') {
+        return rc;
+    }
 
     r = redisCommand(s->ctx, "XTRIM %s MINID %s", s->conf->stream_key,
                      minid);

@@ -52,6 +52,8 @@ int sbw_stream_autoclaim(sbw_stream_t *s, char *cursor, size_t cursor_len,
 int sbw_stream_ack(sbw_stream_t *s, const char *id);
 int sbw_stream_dead_letter(sbw_stream_t *s, const sbw_entry_t *e,
     const char *code, const char *reason);
+int sbw_stream_id_cmp(const char *a, const char *b);
+int sbw_stream_floor(sbw_stream_t *s, char *minid, size_t minid_len);
 int sbw_stream_trim(sbw_stream_t *s, long long *trimmed, char *minid,
     size_t minid_len);
 int sbw_stream_copy_entry(sbw_entry_t *dst, const sbw_entry_t *src);
