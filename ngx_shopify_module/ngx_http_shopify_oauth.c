@@ -317,6 +317,12 @@ ngx_http_shopify_oauth_install_handler(ngx_http_request_t *r)
 
     olcf = ngx_http_get_module_loc_conf(r, ngx_http_shopify_oauth_module);
 
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
     if (r->method != NGX_HTTP_GET) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "shopify oauth: install: method \"%V\" not allowed",
@@ -328,12 +334,6 @@ ngx_http_shopify_oauth_install_handler(ngx_http_request_t *r)
 
         ngx_str_set(&text, "Method not allowed.");
         return ngx_http_shopify_oauth_page(r, NGX_HTTP_NOT_ALLOWED, &text);
-    }
-
-    rc = ngx_http_discard_request_body(r);
-
-    if (rc != NGX_OK) {
-        return rc;
     }
 
     rc = ngx_http_shopify_oauth_parse_args(r, &args);
@@ -515,6 +515,12 @@ ngx_http_shopify_oauth_callback_handler(ngx_http_request_t *r)
 
     olcf = ngx_http_get_module_loc_conf(r, ngx_http_shopify_oauth_module);
 
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
     if (r->method != NGX_HTTP_GET) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "shopify oauth: callback: method \"%V\" not allowed",
@@ -526,12 +532,6 @@ ngx_http_shopify_oauth_callback_handler(ngx_http_request_t *r)
 
         ngx_str_set(&text, "Method not allowed.");
         return ngx_http_shopify_oauth_page(r, NGX_HTTP_NOT_ALLOWED, &text);
-    }
-
-    rc = ngx_http_discard_request_body(r);
-
-    if (rc != NGX_OK) {
-        return rc;
     }
 
     /* whatever happens next, the state cookie has done its work */
