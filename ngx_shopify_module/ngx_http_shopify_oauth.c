@@ -931,9 +931,8 @@ ngx_http_shopify_oauth_exchanged(ngx_http_request_t *sr, void *data,
 
     ctx->status = sr->headers_out.status;
 
-    if (rc == NGX_ERROR || rc >= NGX_HTTP_SPECIAL_RESPONSE
-        || (sr->upstream && sr->upstream->state == NULL))
-    {
+    /* nginx's own failures (resolver, TLS, timeouts) come as rc */
+    if (rc == NGX_ERROR || rc >= NGX_HTTP_SPECIAL_RESPONSE) {
         ctx->status = (rc >= NGX_HTTP_SPECIAL_RESPONSE) ? (ngx_uint_t) rc
                                                         : NGX_HTTP_BAD_GATEWAY;
     }
@@ -981,11 +980,9 @@ ngx_http_shopify_oauth_resume(ngx_http_request_t *r)
     ctx->step = NGX_HTTP_SHOPIFY_OAUTH_STEP_ENQUEUE;
     r->write_event_handler = ngx_http_request_empty_handler;
 
+    /* the request may be finished and freed inside: ctx is gone unless
+     * NGX_ERROR is returned */
     rc = ngx_http_shopify_oauth_store(r, ctx);
-
-    if (ctx->response.len) {
-        OPENSSL_cleanse(ctx->response.data, ctx->response.len);
-    }
 
     if (rc == NGX_ERROR) {
         ngx_http_shopify_oauth_finish(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
@@ -1015,10 +1012,14 @@ ngx_http_shopify_oauth_store(ngx_http_request_t *r,
 
     answer = NULL;
 
+    /* TODO: jansson's parse buffer is freed without being wiped */
+
     if (ctx->response.len) {
         answer = json_loadb((const char *) ctx->response.data,
                             ctx->response.len, JSON_REJECT_DUPLICATES,
                             &jerr);
+
+        OPENSSL_cleanse(ctx->response.data, ctx->response.len);
     }
 
     if (ctx->status != NGX_HTTP_OK) {
@@ -1348,6 +1349,7 @@ ngx_http_shopify_oauth_enqueued(ngx_http_request_t *r, void *reply)
         /* fall through */
 
     default:
+        /* TODO: the token is lost here; the merchant has to install again */
         ngx_log_error(NGX_LOG_ERR, c->log, 0,
                       "shopify oauth: token for \"%V\" obtained but not "
                       "stored: %V", &ctx->shop, &detail);
@@ -1889,6 +1891,8 @@ ngx_http_shopify_oauth_verify_query(ngx_http_request_t *r,
 
         p = ngx_cpymem(p, items[i].data, items[i].len);
     }
+
+    /* TODO: also accept the previous client secret during a rotation */
 
     if (ngx_http_shopify_oauth_hmac(&olcf->client_secret, q, p - q, mac)
         != NGX_OK)

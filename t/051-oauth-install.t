@@ -33,8 +33,9 @@ my $sb = start_sandbox(https => 1, 'shopify-app' => "$APP:$SECRET:$SCOPES");
 my $dns = start_dnsstub();
 my $hp = $sb->{https_port};
 
-my $port = free_port();
-my $nginx = start_nginx(
+sub oauth_nginx {
+    my ($ca) = @_;
+    return start_nginx(
     stream => $STREAM, workers => 1, log_level => 'debug',
     http_extra => <<"CONF",
     shopify_webhook_stream $STREAM;
@@ -62,13 +63,16 @@ CONF
             proxy_ssl_name \$shopify_oauth_shop;
             proxy_ssl_verify on;
             proxy_ssl_verify_depth 2;
-            proxy_ssl_trusted_certificate $sb->{ca};
+            proxy_ssl_trusted_certificate $ca;
             proxy_connect_timeout 3s;
             proxy_read_timeout 5s;
             subrequest_output_buffer_size 16k;
         }
 CONF
-);
+    );
+}
+
+my $nginx = oauth_nginx($sb->{ca});
 
 my $base = "http://127.0.0.1:$nginx->{port}";
 my $http = HTTP::Tiny->new(max_redirect => 0, timeout => 10 * slowdown());
@@ -223,6 +227,27 @@ subtest 'Shopify refuses the code: 502, nothing stored' => sub {
     like(slurp_file($nginx->{error_log}),
          qr/code exchange for "refused\.myshopify\.com" failed: status 400, error invalid_request/,
          'one log line with Shopify\'s error code');
+};
+
+subtest 'a certificate nginx cannot verify: 502, nothing stored' => sub {
+    # this nginx trusts the system's CAs only, not the test CA
+    my $other = oauth_nginx('/etc/ssl/certs/ca-certificates.crt');
+    my $obase = "http://127.0.0.1:$other->{port}";
+    my $res = $http->get("$obase/oauth/install?shop=untrusted.myshopify.com");
+    my ($cookie) = cookie_of($res) =~ /^([^;]+)/;
+    my $back = authorize($res->{headers}{location});
+    $back =~ s/127\.0\.0\.1:\d+/127.0.0.1:$other->{port}/;
+    sandbox_call('DELETE', '/_sandbox/shopify/requests');
+    my $cb = $http->get($back, { headers => { Cookie => $cookie } });
+    is($cb->{status}, 502, 'bad gateway');
+    # nginx checks the chain once the handshake is done, then hangs up
+    my $log = shopify_requests();
+    is($log->{connections}, 1, 'nginx connected');
+    is_deeply($log->{value}, [], 'and sent nothing: the code never left');
+    like(slurp_file($other->{error_log}), qr/upstream SSL certificate verify error/,
+         "nginx says why");
+    my @flat = split /\n/, redis('XRANGE', $STREAM, '-', '+');
+    ok(!(grep { $_ eq 'untrusted.myshopify.com' } @flat), 'no entry');
 };
 
 subtest 'no token text anywhere: error log (debug), access log, Redis, AOF' => sub {
