@@ -250,6 +250,42 @@ subtest 'a certificate nginx cannot verify: 502, nothing stored' => sub {
     ok(!(grep { $_ eq 'untrusted.myshopify.com' } @flat), 'no entry');
 };
 
+subtest 'the configuration refuses what cannot work' => sub {
+    my $so = top() . '/build/nginx/ngx_http_shopify_module.so';
+    my $bin = $ENV{TEST_NGINX_BINARY} || 'nginx';
+    my $base = "shopify_oauth_client_id a; shopify_oauth_client_secret b;"
+             . " shopify_oauth_scopes read_orders;";
+    my @cases = (
+        [ "$base shopify_oauth_token_key 00112233;",
+          qr/takes "env=NAME" or "file=\/path"/, 'a key written inline' ],
+        [ "$base shopify_oauth_token_key file=$tmp/short.key;",
+          qr/needs 64 hex digits/, 'a key that is not 32 bytes' ],
+        [ "$base server { location /c { shopify_oauth_callback; } }",
+          qr/needs "shopify_oauth_token_key"/, 'a callback without a key' ],
+        [ "$base server { location /i { shopify_oauth_install; } }",
+          qr/needs "shopify_oauth_redirect_uri"/, 'an install without a redirect URI' ],
+        [ "shopify_oauth_scopes 'read orders';", qr/invalid scopes/, 'a bad scope list' ],
+        [ "shopify_oauth_client_id a; shopify_oauth_scopes x;"
+          . " server { location /i { shopify_oauth_install;"
+          . " shopify_oauth_redirect_uri https://a/cb; } }",
+          qr/needs "shopify_oauth_client_id" and "shopify_oauth_client_secret"/,
+          'no client secret' ],
+    );
+    open my $sk, '>', "$tmp/short.key" or die $!;
+    print $sk "abcd\n";
+    close $sk;
+    for my $c (@cases) {
+        my ($http_block, $want, $what) = @$c;
+        open my $fh, '>', "$tmp/bad.conf" or die $!;
+        print $fh "load_module $so; pid $tmp/bad.pid; error_log stderr;"
+                . " events {} http { shopify_redis 127.0.0.1:1; $http_block }\n";
+        close $fh;
+        my $out = `$bin -t -p $tmp/ -c $tmp/bad.conf 2>&1`;
+        isnt($?, 0, "nginx -t refuses $what");
+        like($out, $want, 'and says why');
+    }
+};
+
 subtest 'no token text anywhere: error log (debug), access log, Redis, AOF' => sub {
     my ($at, $rt) = @{ $entry->{plain} };
     my %where = (
