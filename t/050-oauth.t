@@ -635,3 +635,16 @@ qr/Temporarily unavailable/
 --- error_log
 not handled: redis
 connect to redis "127.0.0.1:9" failed
+
+
+
+=== TEST 34: an over-long query (5000 bytes) is refused whole
+--- request eval
+"GET /oauth/install?shop=acme.myshopify.com&pad=" . ('x' x 5000)
+--- error_code: 400
+--- response_body_like eval
+qr/Malformed query/
+--- error_log
+query string of 5046 bytes refused
+--- no_error_log
+[error]
