@@ -645,6 +645,6 @@ connect to redis "127.0.0.1:9" failed
 --- response_body_like eval
 qr/Malformed query/
 --- error_log
-query string of 5046 bytes refused
+query string of 5028 bytes refused
 --- no_error_log
 [error]
