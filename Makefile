@@ -17,7 +17,8 @@ MODULE_SRCS := $(wildcard ngx_shopify_module/*.c ngx_shopify_module/*.h) config
 # the suites that drive the module, run by `make valgrind`
 VALGRIND_TESTS ?= t/010-webhook.t t/011-intake-features.t \
                   t/012-intake-workers.t t/020-intake-redis.t \
-                  t/021-intake-redis-auth.t t/022-intake-reload.t
+                  t/021-intake-redis-auth.t t/022-intake-reload.t \
+                  t/050-oauth.t t/051-oauth-install.t
 
 .PHONY: all module worker deps test unit demo up down clean lint bench \
         valgrind

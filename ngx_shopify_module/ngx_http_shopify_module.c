@@ -103,8 +103,6 @@ static char *ngx_http_shopify_status(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_shopify_allow_topics(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
-static ngx_int_t ngx_http_shopify_load_secret(ngx_conf_t *cf,
-    ngx_str_t *value, ngx_str_t *secret);
 static void ngx_http_shopify_secrets_cleanup(void *data);
 static ngx_int_t ngx_http_shopify_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_shopify_init_process(ngx_cycle_t *cycle);
@@ -1813,7 +1811,7 @@ ngx_http_shopify_secret(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
  * configuration is read).
  */
 
-static ngx_int_t
+ngx_int_t
 ngx_http_shopify_load_secret(ngx_conf_t *cf, ngx_str_t *value,
     ngx_str_t *secret)
 {

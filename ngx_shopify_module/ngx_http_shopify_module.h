@@ -87,6 +87,14 @@ typedef enum {
 #define NGX_HTTP_SHOPIFY_TOPIC_OTHER       (NGX_HTTP_SHOPIFY_NTOPICS - 1)
 
 
+/*
+ * the raw reply (a redisReply, or NULL when the connection failed) of a
+ * command that another part of the module sent through the connection
+ */
+typedef void (*ngx_http_shopify_reply_pt)(ngx_http_request_t *r,
+    void *reply);
+
+
 /* per request state of an intake delivery */
 typedef struct {
     ngx_http_request_t          *request;
@@ -103,6 +111,8 @@ typedef struct {
     ngx_str_t                    entry_id;
     ngx_uint_t                   topic_index;
     ngx_http_shopify_outcome_e   outcome;
+    ngx_http_shopify_reply_pt    reply_handler; /* not the intake's own */
+    unsigned                     raw:1;     /* argv sent as it is */
     unsigned                     counted:1;
     unsigned                     waiting:1;
     unsigned                     eval_fallback:1;
@@ -120,6 +130,10 @@ void ngx_http_shopify_redis_unwait(ngx_http_shopify_ctx_t *ctx);
 void ngx_http_shopify_redis_reset(ngx_log_t *log, const char *reason);
 const char *ngx_http_shopify_redis_state(void);
 ngx_int_t ngx_http_shopify_redis_script_init(ngx_conf_t *cf);
+ngx_http_shopify_reply_e ngx_http_shopify_redis_outcome(void *reply,
+    ngx_str_t *detail);
+ngx_int_t ngx_http_shopify_load_secret(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_str_t *secret);
 
 void ngx_http_shopify_enqueue_done(ngx_http_request_t *r,
     ngx_http_shopify_reply_e reply, ngx_str_t *detail);

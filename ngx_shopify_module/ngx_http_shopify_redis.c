@@ -258,7 +258,10 @@ ngx_http_shopify_redis_command(ngx_http_request_t *r,
 
     rs = &ngx_http_shopify_redis;
 
-    if (ctx->eval_fallback) {
+    if (ctx->raw) {
+        /* another part of the module's own command */
+
+    } else if (ctx->eval_fallback) {
         ctx->argv[0] = "EVAL";
         ctx->argvlen[0] = sizeof("EVAL") - 1;
         ctx->argv[1] = (const char *) ngx_http_shopify_script.data;
@@ -326,6 +329,11 @@ ngx_http_shopify_redis_release(ngx_uint_t up)
         r = ctx->request;
 
         if (up && ngx_http_shopify_redis_command(r, ctx) == NGX_OK) {
+            continue;
+        }
+
+        if (ctx->reply_handler) {
+            ctx->reply_handler(r, NULL);
             continue;
         }
 
@@ -677,14 +685,13 @@ ngx_http_shopify_redis_reply(redisAsyncContext *ac, void *reply,
     void *privdata)
 {
     ngx_str_t                  detail;
-    redisReply                *rr;
     ngx_http_request_t        *r;
+    ngx_http_shopify_ctx_t    *ctx;
     ngx_http_shopify_token_t  *token;
     ngx_http_shopify_reply_e   outcome;
 
     token = privdata;
     r = token->request;
-    rr = reply;
 
     ngx_free(token);
 
@@ -693,18 +700,42 @@ ngx_http_shopify_redis_reply(redisAsyncContext *ac, void *reply,
         return;
     }
 
-    ngx_str_null(&detail);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_shopify_module);
+
+    if (ctx->reply_handler) {
+        ctx->token = NULL;
+        ctx->reply_handler(r, reply);
+        return;
+    }
+
+    outcome = ngx_http_shopify_redis_outcome(reply, &detail);
+
+    ngx_http_shopify_enqueue_done(r, outcome, &detail);
+}
+
+
+/* what the enqueue script's reply means; NULL: the connection failed */
+
+ngx_http_shopify_reply_e
+ngx_http_shopify_redis_outcome(void *reply, ngx_str_t *detail)
+{
+    redisReply                *rr;
+    ngx_http_shopify_reply_e   outcome;
+
+    rr = reply;
+
+    ngx_str_null(detail);
 
     if (rr == NULL) {
         outcome = NGX_HTTP_SHOPIFY_REPLY_FAILED;
-        ngx_str_set(&detail, "connection lost");
+        ngx_str_set(detail, "connection lost");
 
     } else if (rr->type == REDIS_REPLY_ERROR) {
         outcome = (rr->len >= 8 && ngx_strncmp(rr->str, "NOSCRIPT", 8) == 0)
                   ? NGX_HTTP_SHOPIFY_REPLY_NOSCRIPT
                   : NGX_HTTP_SHOPIFY_REPLY_FAILED;
-        detail.data = (u_char *) rr->str;
-        detail.len = rr->len;
+        detail->data = (u_char *) rr->str;
+        detail->len = rr->len;
 
     } else if (rr->type == REDIS_REPLY_ARRAY
                && rr->elements >= 2
@@ -724,15 +755,15 @@ ngx_http_shopify_redis_reply(redisAsyncContext *ac, void *reply,
             outcome = NGX_HTTP_SHOPIFY_REPLY_DUPLICATE;
         }
 
-        detail.data = (u_char *) rr->element[1]->str;
-        detail.len = rr->element[1]->len;
+        detail->data = (u_char *) rr->element[1]->str;
+        detail->len = rr->element[1]->len;
 
     } else {
         outcome = NGX_HTTP_SHOPIFY_REPLY_FAILED;
-        ngx_str_set(&detail, "unexpected reply to the enqueue script");
+        ngx_str_set(detail, "unexpected reply to the enqueue script");
     }
 
-    ngx_http_shopify_enqueue_done(r, outcome, &detail);
+    return outcome;
 }
 
 

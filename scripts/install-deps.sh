@@ -13,7 +13,7 @@ PACKAGES=(
     # services
     redis-server postgresql postgresql-contrib
     # tests and sandbox
-    python3 perl libtest-base-perl libwww-perl libtext-diff-perl
+    python3 python3-cryptography perl libtest-base-perl libwww-perl libtext-diff-perl
     libipc-run-perl liblist-moreutils-perl libtest-longstring-perl
     curl procps openssl valgrind
     # benchmark

@@ -22,12 +22,17 @@ open my $fh, '>', "$dir/secret" or die $!;
 print $fh "a-client-secret\n";
 close $fh;
 
+open $fh, '>', "$dir/token.key" or die $!;
+print $fh 'ab' x 32, "\n";
+close $fh;
+
 my %path = (
     '/usr/lib/nginx/modules/ngx_http_shopify_module.so'
         => "$top/build/nginx/ngx_http_shopify_module.so",
     '/etc/ssl/certs/connector.example.com.pem' => "$dir/cert.pem",
     '/etc/ssl/private/connector.example.com.key' => "$dir/key.pem",
     '/etc/nginx/shopify-client.secret' => "$dir/secret",
+    '/etc/nginx/shopify-token.key' => "$dir/token.key",
     '/var/log/nginx/' => "$dir/",
     '/run/nginx.pid' => "$dir/nginx.pid",
 );

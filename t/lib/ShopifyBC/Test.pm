@@ -260,6 +260,10 @@ sub start_nginx {
     my $redis = $opt{redis_port} // redis_port();
     my $redis_options = $opt{redis_options} // '';
     my $workers = $opt{workers} // 2;
+    # more configuration, e.g. the OAuth locations: inside http {} and
+    # inside the server {}
+    my $http_extra = $opt{http_extra} // '';
+    my $server_extra = $opt{server_extra} // '';
     my $user = $> == 0 ? 'user root;' : '';
     my $daemon = $VALGRIND ? 'off' : 'on';
     my $so = "$TOP/build/nginx/ngx_http_shopify_module.so";
@@ -282,6 +286,7 @@ http {
     shopify_redis 127.0.0.1:$redis $redis_options;
     shopify_redis_timeout $timeout;
     shopify_redis_connect_timeout $connect_timeout;
+$http_extra
     server {
         listen 127.0.0.1:$port;
         client_body_buffer_size 512k;
@@ -292,6 +297,7 @@ http {
             shopify_webhook_stream $stream;
         }
         location = /health { shopify_health; }
+$server_extra
     }
 }
 CONF
