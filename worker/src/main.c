@@ -22,7 +22,9 @@
 #include <openssl/rand.h>
 
 #include "bc.h"
+#include "cli.h"
 #include "config.h"
+#include "dlq.h"
 #include "ledger.h"
 #include "log.h"
 #include "metrics.h"
@@ -187,7 +189,9 @@ sbw_prepare_postgres(const sbw_config_t *conf)
 
     for (tries = 0; !sbw_stop; tries++) {
         if (sbw_ledger_connect(&l) == 0) {
-            if (sbw_ledger_migrate(&l, &from, &archived) != 0) {
+            if (sbw_ledger_migrate(&l, &from, &archived) != 0
+                || sbw_dlq_migrate(l.conn, l.errstr, sizeof(l.errstr)) != 0)
+            {
                 sbw_log(SBW_LOG_ERROR, "migration_failed",
                         json_pack("{s:s}", "message", l.errstr));
                 sbw_ledger_close(&l);
@@ -246,6 +250,11 @@ main(int argc, char **argv)
     sbw_bc_shared_t    *shared;
     sbw_worker_env_t    env;
     struct sigaction    sa;
+
+    /* dlq, ledger and dry-run verbs (cli.c) */
+    if (argc > 1 && sbw_cli_is_command(argv[1])) {
+        return sbw_cli_main(argc - 1, argv + 1);
+    }
 
     rc = sbw_parse_args(argc, argv, &drain_ms);
     if (rc != 0) {
