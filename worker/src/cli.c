@@ -777,7 +777,7 @@ sbw_cli_retry_one(sbw_cli_t *c, long long id, const char *edited,
                 "UPDATE dead_letters SET status = 'resolved',"
                 " updated_at = now(), history = history ||"
                 " jsonb_build_array(jsonb_build_object('at', now(),"
-                "  'action', 'resolved', 'by', $3, 'bc_number', $2,"
+                "  'action', 'resolved', 'by', $3::text, 'bc_number', $2::text,"
                 "  'note', 'already in BC: not sent again'))"
                 " WHERE id = $1::bigint",
                 3, NULL, params, NULL, NULL, 0));
@@ -851,8 +851,9 @@ sbw_cli_retry_one(sbw_cli_t *c, long long id, const char *edited,
     res = PQexecParams(c->pg,
         "UPDATE dead_letters SET status = 'retried', updated_at = now(),"
         " history = history || jsonb_build_array(jsonb_strip_nulls("
-        "  jsonb_build_object('at', now(), 'action', 'retry', 'by', $3,"
-        "  'stream_id', $2, 'payload_edited', $4::boolean, 'note', $5)))"
+        "  jsonb_build_object('at', now(), 'action', 'retry', 'by', $3::text,"
+        "  'stream_id', $2::text, 'payload_edited', $4::boolean,"
+        "  'note', $5::text)))"
         " WHERE id = $1::bigint",
         5, NULL, params, NULL, NULL, 0);
 
@@ -927,7 +928,7 @@ sbw_cli_dlq_discard(sbw_cli_t *c)
             " u AS (UPDATE dead_letters SET status = 'discarded',"
             "  updated_at = now(), history = history || jsonb_build_array("
             "  jsonb_strip_nulls(jsonb_build_object('at', now(),"
-            "   'action', 'discarded', 'by', $2, 'note', $3)))"
+            "   'action', 'discarded', 'by', $2::text, 'note', $3::text)))"
             "  WHERE id = $1::bigint AND status = 'open' RETURNING id)"
             " SELECT d.status, (SELECT count(*) FROM u) FROM d",
             3, NULL, params, NULL, NULL, 0);

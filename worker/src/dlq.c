@@ -336,8 +336,8 @@ sbw_dlq_add(PGconn *pg, const sbw_dlq_item_t *it, long long *id,
             "  payload_encoding = $7, stream_id = $8,"
             "  attempts = $9::integer, updated_at = now(),"
             "  history = history || jsonb_build_array(jsonb_build_object("
-            "   'at', now(), 'action', 'failed_again', 'error_code', $3,"
-            "   'stream_id', $8))"
+            "   'at', now(), 'action', 'failed_again', 'error_code', $3::text,"
+            "   'stream_id', $8::text))"
             " WHERE id = $1::bigint AND stream_id IS DISTINCT FROM $8"
             " RETURNING id)"
             " SELECT id FROM upd UNION ALL"
@@ -390,7 +390,7 @@ sbw_dlq_add(PGconn *pg, const sbw_dlq_item_t *it, long long *id,
         " VALUES ($1, $2::bigint, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
         "  $12, $13, $14, $15, $16::integer, $17,"
         "  jsonb_build_array(jsonb_build_object('at', now(),"
-        "   'action', 'dead_lettered', 'error_code', $7)))"
+        "   'action', 'dead_lettered', 'error_code', $7::text)))"
         " ON CONFLICT (stream_id) DO NOTHING RETURNING id)"
         " SELECT id FROM ins UNION ALL"
         " SELECT id FROM dead_letters WHERE stream_id = $5",
@@ -432,15 +432,16 @@ sbw_dlq_resolved(PGconn *pg, const char *dead_letter_id,
     return sbw_dlq_params(pg,
         "UPDATE dead_letters SET status = 'resolved', updated_at = now(),"
         " history = history || jsonb_build_array(jsonb_build_object("
-        "  'at', now(), 'action', 'resolved', 'bc_number', $2))"
+        "  'at', now(), 'action', 'resolved', 'bc_number', $2::text))"
         " WHERE id = $1::bigint AND status IN ('open', 'retried')",
         2, params, PGRES_COMMAND_OK, NULL, err, errlen);
 }
 
 
 /*
- * Open dead letters by reason, for the bc_dead_letters gauge: at most
- * max reasons (the vocabulary is small), copied into reasons[i].
+ * Open dead letters by reason, for the bc_dead_letters gauge (every
+ * reason present in the table, 0 when none of its dead letters is
+ * open): at most max reasons, copied into reasons[i].
  */
 int
 sbw_dlq_open_counts(PGconn *pg, char (*reasons)[SBW_DLQ_REASON_LEN],
@@ -452,8 +453,8 @@ sbw_dlq_open_counts(PGconn *pg, char (*reasons)[SBW_DLQ_REASON_LEN],
     *n = 0;
 
     if (sbw_dlq_params(pg,
-            "SELECT reason, count(*) FROM dead_letters"
-            " WHERE status = 'open' GROUP BY reason ORDER BY reason",
+            "SELECT reason, count(*) FILTER (WHERE status = 'open')"
+            " FROM dead_letters GROUP BY reason ORDER BY reason",
             0, NULL, PGRES_TUPLES_OK, &res, err, errlen) != 0)
     {
         return -1;
