@@ -1256,6 +1256,7 @@ sbw_cli_dry_run(sbw_cli_t *c)
     }
 
     /* what the ledger knows: its externalDocumentNumber wins */
+    /* TODO: the company of the order's shop, once shops map to companies */
     state = NULL;
     ledger_doc = NULL;
     row = NULL;

@@ -20,6 +20,8 @@
  * removed, open when one needs a person).
  */
 
+/* TODO: copies made by hand, or already posted, are not looked for */
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

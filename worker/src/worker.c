@@ -839,6 +839,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
          * is posted again only once BC365_INDOUBT_WAIT_MS have passed
          * since it was sent, looking it up again meanwhile.
          */
+        /* TODO: a 500 answered by BC itself needs no wait; unrecorded */
         if (row.since_attempt_ms >= 0
             && row.since_attempt_ms < w->conf->indoubt_wait_ms)
         {
