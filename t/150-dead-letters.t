@@ -441,6 +441,35 @@ sub late_post {
     stop_worker($w);
 }
 
+# --- an entry in a long retry is not claimed, nor counted as delivered ----
+# BC throttles one order for a few seconds, longer than CLAIM_MIN_IDLE_MS:
+# the thread retrying it keeps it as its own, so the other threads do not
+# claim it and MAX_DELIVERIES does not park it.
+{
+    my ($id, $body) = order_body();
+    my $w = worker_with(name => 'slow',
+                        env => { MAX_DELIVERIES => 2, WORKER_CONCURRENCY => 3,
+                                 CLAIM_MIN_IDLE_MS => 1000,
+                                 CLAIM_INTERVAL_MS => 200,
+                                 STREAM_BLOCK_MS => 200,
+                                 RETRY_BASE_MS => 100, RETRY_MAX_MS => 300,
+                                 RETRY_AFTER_MAX_MS => 300 });
+    sandbox_faults({ method => 'POST', path_regex => 'salesOrders',
+                     times => 25, status => 429, retry_after => 1 });
+    deliver($nginx, $body, 'X-Shopify-Webhook-Id' => webhook($id));
+    wait_until('an outcome', 40, sub {
+        ledger_state($id) eq 'created' || dl_of($id);
+    });
+    is ledger_state($id), 'created', 'throttled for a while, then created';
+    is sq1("SELECT count(*) FROM dead_letters WHERE shopify_order_id = $id"),
+        0, 'not parked as delivered too often';
+    open my $fh, '<', $w->{log} or die;
+    is scalar(grep { /"event":"entry_claimed"/ } <$fh>), 0,
+        'never claimed by another thread';
+    sandbox_call('DELETE', '/_sandbox/faults');
+    stop_worker($w);
+}
+
 # --- MAX_DELIVERIES: an entry taken up too often goes to the store ---------
 {
     my ($id, $body) = order_body();

@@ -483,6 +483,30 @@ sbw_stream_autoclaim(sbw_stream_t *s, char *cursor, size_t cursor_len,
 
 
 /*
+ * Keep an entry this consumer is still retrying from looking abandoned:
+ * XCLAIM ... 0 id JUSTID resets its idle time without counting a
+ * delivery, so other consumers' XAUTOCLAIM leaves it alone and its
+ * delivery count does not climb towards MAX_DELIVERIES while BC is down.
+ */
+int
+sbw_stream_touch(sbw_stream_t *s, const char *id)
+{
+    int          rc;
+    redisReply  *r;
+
+    r = redisCommand(s->ctx, "XCLAIM %s %s %s 0 %s JUSTID",
+                     s->conf->stream_key, s->conf->group, s->consumer, id);
+
+    rc = sbw_stream_check(s, r);
+    if (rc == SBW_STREAM_OK) {
+        freeReplyObject(r);
+    }
+
+    return rc;
+}
+
+
+/*
  * How many times each of the entries es[0..n-1] (ids in increasing
  * order, all pending for this consumer) has been delivered: XPENDING
  * over their id range.  counts[i] is 0 for an entry no longer pending.

@@ -51,6 +51,7 @@ int sbw_stream_read(sbw_stream_t *s, const char *from, long block_ms,
 int sbw_stream_autoclaim(sbw_stream_t *s, char *cursor, size_t cursor_len,
     sbw_entry_t **out, size_t *n);
 int sbw_stream_ack(sbw_stream_t *s, const char *id);
+int sbw_stream_touch(sbw_stream_t *s, const char *id);
 int sbw_stream_delivery_counts(sbw_stream_t *s, const sbw_entry_t *es,
     size_t n, long long *counts);
 int sbw_stream_replay(sbw_stream_t *s, const sbw_entry_t *e,

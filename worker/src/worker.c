@@ -1202,6 +1202,14 @@ sbw_worker_run_due(sbw_worker_t *w)
         r = &w->queue[i];
         r->attempts++;
         r->due = sbw_mono() + (double) delay / 1000.0;
+
+        /* still ours: not to be claimed, no delivery counted */
+        if (!w->redis_broken
+            && sbw_stream_touch(&w->stream, r->entry.id) == SBW_STREAM_CONN)
+        {
+            w->redis_broken = 1;
+        }
+
         i++;
     }
 }
