@@ -28,7 +28,6 @@ my $BIN = top() . '/worker/build/shopify-bc-worker';
 
 my $run = sprintf '%x%x', time, $$;
 my $stream = "t:130:$run";
-my $dead = "$stream:dead";
 
 my $sb = start_sandbox(https => 1, 'shopify-app' => "$APP:$SECRET:read_orders");
 my $hp = $sb->{https_port};
@@ -154,15 +153,6 @@ sub audit {
                . " AND action = '$action'");
 }
 
-# an old dead letter, for the retention purge (ids only grow)
-redis('XADD', $dead, '1000-1', topic => 'orders/create', shop => $A,
-      body => '{"id":1,"email":"old@example.com"}');
-
-# a dead_letters table as the dead-letter component keeps one
-psql($db, 'CREATE TABLE dead_letters (id bigserial PRIMARY KEY,'
-          . ' shop text, shopify_order_id bigint, topic text, payload text,'
-          . " created_at timestamptz NOT NULL DEFAULT now())");
-
 # --- install, THROTTLED, stale subscriptions -------------------------------
 
 my $tokA = oauth_tokens($A);
@@ -188,7 +178,6 @@ my %env = (
     PURGE_INTERVAL_MS => 300,
     PAYLOAD_RETENTION_DAYS => 30,
     WORKER_CONCURRENCY => 2,
-    DEAD_LETTER_KEY => $dead,
 );
 my %wopt = (database => $db, stream => $stream, company => $COMPANY,
             shipping_account => '40400', name => 'shops-worker',
@@ -283,7 +272,9 @@ is audit($B, 'reauth_required')->[0], 0, 'B: no reauth needed';
                access_token => 'v1.' . ('QUFB' x 12));
     xadd('shopify/installed', $B, json()->encode(\%bad));
     wait_until('undecryptable install dead-lettered', 15, sub {
-        redis('XRANGE', $dead, '-', '+') =~ /Shops_TokenUndecryptable/ });
+        row("SELECT count(*) FROM dead_letters WHERE shop = '$B'"
+            . " AND error_code = 'Shops_TokenUndecryptable'"
+            . " AND reason = 'shopify_install'")->[0] == 1 });
     is shop_row($B)->[4], $r->[4], 'B: row untouched by the bad install';
 }
 
@@ -331,8 +322,9 @@ pass 'A: orders received after the uninstall still became BC orders';
 
 # customers/data_request for the basic order's customer
 my $dr = fixture('customers-data_request.json');
-psql($db, "INSERT INTO dead_letters (shop, topic, payload) VALUES ('$A',"
-          . " 'orders/create', '{\"id\":6021450011001,\"note\":\"x\"}')");
+psql($db, "INSERT INTO dead_letters (shop, topic, reason, payload) VALUES"
+          . " ('$A', 'orders/create', 'bc_rejected',"
+          . " '{\"id\":6021450011001,\"note\":\"x\"}')");
 xadd('customers/data_request', $A, $dr);
 wait_until('export recorded', 15, sub {
     row("SELECT count(*) FROM privacy_requests WHERE shop = '$A'")->[0] == 1 });
@@ -349,25 +341,25 @@ is audit($A, 'customers_data_request')->[0], 1, 'data_request: audit row';
 my $rd = fixture('customers-redact.json');
 psql($db, "UPDATE bc_order_ledger SET error_message = 'juergen.groesse\@example.com'"
           . " WHERE shopify_order_id = 6021450011004");
-psql($db, "INSERT INTO dead_letters (shop, topic, payload) VALUES ('$A',"
-          . " 'orders/create', '{\"id\":6021450011004}'),"
-          . " ('$A', 'orders/create', 'eyJpZCI6NjAyMTQ1MDAxMTAwNH0=')");
+psql($db, "INSERT INTO dead_letters (shop, topic, reason, payload) VALUES"
+          . " ('$A', 'orders/create', 'bc_rejected', '{\"id\":6021450011004}'),"
+          . " ('$A', 'orders/create', 'bc_rejected',"
+          . " 'eyJpZCI6NjAyMTQ1MDAxMTAwNH0=')");
 psql($db, "UPDATE dead_letters SET shopify_order_id = 6021450011004"
           . " WHERE payload LIKE 'eyJ%'");
-redis('XADD', $dead, '*', topic => 'orders/create', shop => $A,
-      body => $unicode, source_id => '1-1');
 xadd('customers/redact', $A, $rd);
 wait_until('redacted', 15, sub { audit($A, 'customers_redact')->[0] == 1 });
-my $entries = redis('XRANGE', $stream, '-', '+') . redis('XRANGE', $dead, '-', '+');
-unlike $entries, qr/"id":6021450011004/, 'redact: no stream or dead-letter entry of the order';
+my $entries = redis('XRANGE', $stream, '-', '+');
+unlike $entries, qr/"id":6021450011004/, 'redact: no stream entry of the order';
 like $entries, qr/"id":6021450011001/, 'redact: the other customer\'s order stays';
 is row("SELECT count(*) FROM bc_order_ledger WHERE shopify_order_id = 6021450011004"
        . " AND error_message IS NOT NULL")->[0], 0, 'redact: ledger text cleared';
 is row("SELECT count(*) FROM dead_letters WHERE payload LIKE '%6021450011004%'"
        . " OR shopify_order_id = 6021450011004")->[0], 0,
     'redact: dead_letters rows gone (by payload, and by order id)';
-is row("SELECT count(*) FROM dead_letters")->[0], 1, 'redact: the other dead letter stays';
-like audit($A, 'customers_redact')->[1], qr/"stream_entries": 2/,
+is row("SELECT count(*) FROM dead_letters WHERE shop = '$A'")->[0], 1,
+    'redact: the other dead letter stays';
+like audit($A, 'customers_redact')->[1], qr/"stream_entries": 1\b/,
     'redact: the audit row counts the entries, holds no e-mail';
 unlike audit($A, 'customers_redact')->[1], qr/example\.com/, 'redact: audit without personal data';
 
@@ -387,17 +379,20 @@ like row("SELECT detail::text FROM shop_audit WHERE shop = '$A' AND"
 redis('XGROUP', 'DESTROY', $stream, 'laggard');
 redis('XDEL', $stream, $waiting);
 
-# the retention purge: an old export, an old dead_letters row, the old
-# dead-letter stream entry
-psql($db, "INSERT INTO dead_letters (shop, payload, created_at) VALUES"
-          . " ('$B', '{}', now() - interval '40 days')");
+# the retention purge: an old export, an old resolved dead letter; an old
+# open one is an order still to be booked and stays
+psql($db, "INSERT INTO dead_letters (shop, reason, status, payload, created_at)"
+          . " VALUES ('$B', 'bc_rejected', 'resolved', '{\"old\":1}',"
+          . " now() - interval '40 days'),"
+          . " ('$B', 'bc_rejected', 'open', '{\"old\":2}',"
+          . " now() - interval '40 days')");
 psql($db, "UPDATE privacy_requests SET received_at = now() - interval '40 days'");
 wait_until('purged', 15, sub {
     row("SELECT count(*) FROM privacy_requests WHERE export IS NOT NULL")->[0] == 0
-    && row("SELECT count(*) FROM dead_letters WHERE shop = '$B'")->[0] == 0 });
-pass 'retention: the old export emptied, the old dead_letters row purged';
-unlike redis('XRANGE', $dead, '-', '+'), qr/old\@example\.com/,
-    'retention: old dead-letter stream entry trimmed';
+    && row("SELECT count(*) FROM dead_letters WHERE payload = '{\"old\":1}'")->[0] == 0 });
+pass 'retention: the old export emptied, the old resolved dead letter purged';
+is row("SELECT count(*) FROM dead_letters WHERE payload = '{\"old\":2}'")->[0], 1,
+    'retention: the old open dead letter stays';
 
 # shop/redact: everything of the shop goes
 xadd('shop/redact', $A, fixture('shop-redact.json'));

@@ -20,6 +20,7 @@
 #include "backoff.h"
 #include "bc.h"
 #include "customer.h"
+#include "errclass.h"
 #include "log.h"
 #include "metrics.h"
 #include "text.h"
@@ -90,6 +91,8 @@ static void sbw_bc_limit_release(sbw_bc_shared_t *sh,
 static void sbw_bc_count(const char *op, const sbw_bc_result_t *res);
 static void sbw_bc_call(sbw_bc_t *bc, const char *op, const char *method,
     const char *url, const char *body, sbw_bc_result_t *res);
+static struct curl_slist *sbw_bc_if_match(struct curl_slist *hdrs,
+    const char *etag);
 
 
 static double
@@ -542,6 +545,10 @@ sbw_bc_perform(CURL *curl, const sbw_config_t *conf, const char *method,
         curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE,
                          (long) (body ? strlen(body) : 0));
 
+    } else if (strcmp(method, "DELETE") == 0) {
+        curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
+        curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, "DELETE");
+
     } else {
         curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
     }
@@ -923,6 +930,10 @@ sbw_bc_call(sbw_bc_t *bc, const char *op, const char *method,
             hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
         }
 
+        if (bc->if_match != NULL) {
+            hdrs = sbw_bc_if_match(hdrs, bc->if_match);
+        }
+
         memset(auth, 0, strlen(auth));
         free(auth);
 
@@ -956,54 +967,13 @@ sbw_bc_call(sbw_bc_t *bc, const char *op, const char *method,
 
 
 /*
- * What a result means for the order (see sbw_bc_class_e).  Only answers
- * that prove BC did not process the request count as "not sent": a
- * refused connection, 401/403 (BC checks credentials first), 408, and
- * 429 (rejected before processing).  A company or endpoint that does not
- * exist (404) is a configuration problem, not the order's, so it is
- * retried too.  Timeouts, dropped connections and 5xx may hide a
- * committed order.  Other 4xx answers are BC refusing this document.
+ * What a result means for the order (see sbw_bc_class_e): decided by
+ * BC's error code family, then the status (errclass.c).
  */
 sbw_bc_class_e
 sbw_bc_classify(const sbw_bc_result_t *r)
 {
-    if (r->curl_code != 0) {
-        switch (r->curl_code) {
-
-        case CURLE_COULDNT_RESOLVE_HOST:
-        case CURLE_COULDNT_RESOLVE_PROXY:
-        case CURLE_COULDNT_CONNECT:
-        case CURLE_ABORTED_BY_CALLBACK:
-        case CURLE_URL_MALFORMAT:
-        case CURLE_SSL_CONNECT_ERROR:
-        case CURLE_PEER_FAILED_VERIFICATION:
-            return SBW_BC_RETRY_NOT_SENT;
-
-        default:
-            return SBW_BC_RETRY_UNCERTAIN;
-        }
-    }
-
-    if (r->status == 0) {
-        /* the token could not be had: nothing was sent to BC */
-        return SBW_BC_RETRY_NOT_SENT;
-    }
-
-    if (r->status >= 200 && r->status < 300) {
-        return SBW_BC_OK;
-    }
-
-    if (r->status == 401 || r->status == 403 || r->status == 404
-        || r->status == 408 || r->status == 429)
-    {
-        return SBW_BC_RETRY_NOT_SENT;
-    }
-
-    if (r->status >= 500) {
-        return SBW_BC_RETRY_UNCERTAIN;
-    }
-
-    return SBW_BC_PERMANENT;
+    return sbw_errclass(r->status, r->curl_code, r->error_code);
 }
 
 
@@ -1258,4 +1228,62 @@ sbw_bc_find_customer(sbw_bc_t *bc, const char *email, char *number,
     }
 
     return 0;
+}
+
+
+/*
+ * Add "If-Match: etag" to a header list.
+ */
+static struct curl_slist *
+sbw_bc_if_match(struct curl_slist *hdrs, const char *etag)
+{
+    char                *h;
+    size_t               n;
+    struct curl_slist   *r;
+
+    n = strlen(etag) + sizeof("If-Match: ");
+    h = malloc(n);
+
+    if (h == NULL) {
+        return hdrs;
+    }
+
+    snprintf(h, n, "If-Match: %s", etag);
+    r = curl_slist_append(hdrs, h);
+    free(h);
+
+    return r;
+}
+
+
+/*
+ * A request to path (relative to the company URL, query included)
+ * through the limiter and the token cache: GET, or DELETE with an
+ * If-Match of etag (NULL for none).  Returns the class of the answer;
+ * res holds the parsed body.
+ */
+sbw_bc_class_e
+sbw_bc_request(sbw_bc_t *bc, const char *op, const char *method,
+    const char *path, const char *etag, sbw_bc_result_t *res)
+{
+    int    n;
+    char  *url;
+
+    n = snprintf(NULL, 0, "%s/%s", bc->base_url, path);
+    url = malloc((size_t) n + 1);
+
+    if (url == NULL) {
+        sbw_bc_result_clear(res);
+        res->curl_code = CURLE_OUT_OF_MEMORY;
+        return SBW_BC_RETRY_NOT_SENT;
+    }
+
+    snprintf(url, (size_t) n + 1, "%s/%s", bc->base_url, path);
+
+    bc->if_match = etag;
+    sbw_bc_call(bc, op, method, url, NULL, res);
+    bc->if_match = NULL;
+    free(url);
+
+    return sbw_bc_classify(res);
 }

@@ -801,17 +801,6 @@ sbw_config_load(sbw_config_t *c, sbw_getenv_pt get, void *ctx, char *err,
     host[sizeof(host) - 1] = '\0';
     c->worker_name = sbw_env_str(&e, "WORKER_NAME", host);
 
-    if (sbw_env(&e, "DEAD_LETTER_KEY") != NULL) {
-        c->dead_letter_key = sbw_env_str(&e, "DEAD_LETTER_KEY", NULL);
-
-    } else if (c->stream_key != NULL) {
-        c->dead_letter_key = malloc(strlen(c->stream_key) + 6);
-
-        if (c->dead_letter_key != NULL) {
-            sprintf(c->dead_letter_key, "%s:dead", c->stream_key);
-        }
-    }
-
     c->concurrency = (int) sbw_env_long(&e, "WORKER_CONCURRENCY", 10, 1, 64);
     c->stream_batch = (int) sbw_env_long(&e, "STREAM_BATCH", 1, 1, 1000);
     c->retry_queue_max = (int) sbw_env_long(&e, "RETRY_QUEUE_MAX", 32, 1,
@@ -829,6 +818,15 @@ sbw_config_load(sbw_config_t *c, sbw_getenv_pt get, void *ctx, char *err,
     c->retry_max_ms = sbw_env_long(&e, "RETRY_MAX_MS", 60000, 1, 86400000);
     c->retry_after_max_ms = sbw_env_long(&e, "RETRY_AFTER_MAX_MS", 120000,
                                          0, 86400000);
+
+    /* failures and recovery (dlq.c, dupcheck.c) */
+    c->indoubt_wait_ms = sbw_env_long(&e, "BC365_INDOUBT_WAIT_MS", 660000,
+                                      0, 86400000);
+    c->max_deliveries = (int) sbw_env_long(&e, "MAX_DELIVERIES", 10, 0,
+                                           1000000);
+    c->dup_check_interval_ms = sbw_env_long(&e, "DUPLICATE_CHECK_INTERVAL_MS",
+                                            600000, 0, 86400000);
+    c->dup_remove = (int) sbw_env_long(&e, "DUPLICATE_REMOVE", 1, 0, 1);
 
     v = sbw_env(&e, "BC365_CUSTOMER_STRATEGY");
     c->customer_strategy = SBW_CUSTOMER_EMAIL;
@@ -871,7 +869,7 @@ sbw_config_load(sbw_config_t *c, sbw_getenv_pt get, void *ctx, char *err,
             || c->auth_base == NULL || c->scope == NULL
             || c->default_customer == NULL || c->stream_key == NULL
             || c->group == NULL || c->worker_name == NULL
-            || c->dead_letter_key == NULL || c->sku_map == NULL
+            || c->sku_map == NULL
             || c->variant_map == NULL || c->tenant == NULL
             || c->client_id == NULL || c->client_secret == NULL
             || c->company_id == NULL || c->shipping_account == NULL))
@@ -917,7 +915,6 @@ sbw_config_free(sbw_config_t *c)
     free(c->stream_key);
     free(c->group);
     free(c->worker_name);
-    free(c->dead_letter_key);
     free(c->metrics_host);
 
     memset(c, 0, sizeof(*c));

@@ -54,7 +54,6 @@ typedef struct {
     char             *stream_key;
     char             *group;
     char             *worker_name;
-    char             *dead_letter_key;
 
     char             *metrics_host;      /* NULL: metrics disabled */
     int               metrics_port;
@@ -77,6 +76,11 @@ typedef struct {
     long              retry_base_ms;
     long              retry_max_ms;
     long              retry_after_max_ms;
+
+    long              indoubt_wait_ms;   /* BC365_INDOUBT_WAIT_MS */
+    int               max_deliveries;    /* 0: no limit */
+    long              dup_check_interval_ms;  /* 0: no periodic check */
+    int               dup_remove;        /* remove a safe duplicate */
 } sbw_config_t;
 
 

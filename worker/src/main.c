@@ -22,7 +22,9 @@
 #include <openssl/rand.h>
 
 #include "bc.h"
+#include "cli.h"
 #include "config.h"
+#include "dlq.h"
 #include "ledger.h"
 #include "log.h"
 #include "metrics.h"
@@ -191,7 +193,8 @@ sbw_prepare_postgres(const sbw_config_t *conf)
         if (sbw_ledger_connect(&l) == 0) {
             if (sbw_ledger_migrate(&l, &from, &archived) != 0
                 || sbw_shops_migrate(l.conn, l.errstr, sizeof(l.errstr))
-                   != 0)
+                   != 0
+                || sbw_dlq_migrate(l.conn, l.errstr, sizeof(l.errstr)) != 0)
             {
                 sbw_log(SBW_LOG_ERROR, "migration_failed",
                         json_pack("{s:s}", "message", l.errstr));
@@ -258,6 +261,11 @@ main(int argc, char **argv)
                      || strcmp(argv[1], "tokens") == 0))
     {
         return sbw_shops_cli(argc - 1, argv + 1);
+    }
+
+    /* dlq, ledger and dry-run verbs (cli.c) */
+    if (argc > 1 && sbw_cli_is_command(argv[1])) {
+        return sbw_cli_main(argc - 1, argv + 1);
     }
 
     rc = sbw_parse_args(argc, argv, &drain_ms);

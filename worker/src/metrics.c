@@ -49,6 +49,11 @@ static struct {
     sbw_pairs_t          requests;       /* op, status */
     sbw_pairs_t          failed;         /* reason */
     sbw_pairs_t          retries;        /* reason */
+    sbw_pairs_t          dl_open;        /* reason (a gauge) */
+    sbw_pairs_t          dl_writes;      /* reason */
+    sbw_pairs_t          dl_replays;     /* outcome */
+    sbw_pairs_t          duplicates;     /* action */
+    int                  dl_known;       /* dl_open has been read */
     unsigned long long   pushed;
     unsigned long long   deduped;
     unsigned long long   recovered;
@@ -250,6 +255,60 @@ sbw_metrics_set_postgres_up(int up)
 }
 
 
+void
+sbw_metrics_dead_letter_written(const char *reason)
+{
+    pthread_mutex_lock(&sbw_m.mutex);
+    sbw_pairs_inc(&sbw_m.dl_writes, reason, "", 1);
+    pthread_mutex_unlock(&sbw_m.mutex);
+}
+
+
+void
+sbw_metrics_dead_letter_replayed(const char *outcome)
+{
+    pthread_mutex_lock(&sbw_m.mutex);
+    sbw_pairs_inc(&sbw_m.dl_replays, outcome, "", 1);
+    pthread_mutex_unlock(&sbw_m.mutex);
+}
+
+
+void
+sbw_metrics_duplicate(const char *action)
+{
+    pthread_mutex_lock(&sbw_m.mutex);
+    sbw_pairs_inc(&sbw_m.duplicates, action, "", 1);
+    pthread_mutex_unlock(&sbw_m.mutex);
+}
+
+
+/*
+ * The open dead letters by reason, as counted in PostgreSQL: every
+ * reason seen so far is set to 0 first, so that a reason whose dead
+ * letters were all handled shows 0 rather than vanishing.
+ */
+void
+sbw_metrics_dead_letters_set(const char *const *reasons,
+    const long long *counts, size_t n)
+{
+    size_t  i;
+
+    pthread_mutex_lock(&sbw_m.mutex);
+
+    for (i = 0; i < sbw_m.dl_open.n; i++) {
+        sbw_m.dl_open.v[i].n = 0;
+    }
+
+    for (i = 0; i < n; i++) {
+        sbw_pairs_inc(&sbw_m.dl_open, reasons[i], "",
+                      (unsigned long long) (counts[i] > 0 ? counts[i] : 0));
+    }
+
+    sbw_m.dl_known = 1;
+    pthread_mutex_unlock(&sbw_m.mutex);
+}
+
+
 /*
  * A label value with the exposition format's escapes.
  */
@@ -335,7 +394,7 @@ sbw_metrics_render(void)
     fprintf(f, "bc_orders_recovered_total %llu\n", sbw_m.recovered);
 
     fputs("# HELP bc_orders_failed_total Orders refused for good "
-          "(recorded in the ledger and the dead-letter stream).\n"
+          "(recorded in the ledger and the dead-letter store).\n"
           "# TYPE bc_orders_failed_total counter\n", f);
     sbw_render_pairs(f, &sbw_m.failed, "bc_orders_failed_total", "reason",
                      NULL);
@@ -385,6 +444,33 @@ sbw_metrics_render(void)
           "try.\n"
           "# TYPE worker_retry_queue gauge\n", f);
     fprintf(f, "worker_retry_queue %ld\n", sbw_m.retry_queue);
+
+    fputs("# HELP bc_dead_letters Open dead letters in PostgreSQL, by "
+          "reason (refreshed every 15 s by thread 0).\n"
+          "# TYPE bc_dead_letters gauge\n", f);
+
+    if (sbw_m.dl_known) {
+        sbw_render_pairs(f, &sbw_m.dl_open, "bc_dead_letters", "reason",
+                         NULL);
+    }
+
+    fputs("# HELP bc_dead_letter_writes_total Entries this worker put in "
+          "the dead-letter store, by reason.\n"
+          "# TYPE bc_dead_letter_writes_total counter\n", f);
+    sbw_render_pairs(f, &sbw_m.dl_writes, "bc_dead_letter_writes_total",
+                     "reason", NULL);
+
+    fputs("# HELP bc_dead_letter_replays_total Replays of dead letters "
+          "finished by this worker, by outcome.\n"
+          "# TYPE bc_dead_letter_replays_total counter\n", f);
+    sbw_render_pairs(f, &sbw_m.dl_replays, "bc_dead_letter_replays_total",
+                     "outcome", NULL);
+
+    fputs("# HELP bc_duplicate_orders_total Extra open BC orders found "
+          "with one externalDocumentNumber, by action.\n"
+          "# TYPE bc_duplicate_orders_total counter\n", f);
+    sbw_render_pairs(f, &sbw_m.duplicates, "bc_duplicate_orders_total",
+                     "action", NULL);
 
     fputs("# HELP worker_stream_trimmed_total Entries removed from the "
           "stream after every group acknowledged them.\n"

@@ -25,6 +25,11 @@ void sbw_metrics_token_refresh(int ok);
 void sbw_metrics_retry_queue_add(int delta);
 void sbw_metrics_set_redis_up(int up);
 void sbw_metrics_set_postgres_up(int up);
+void sbw_metrics_dead_letter_written(const char *reason);
+void sbw_metrics_dead_letter_replayed(const char *outcome);
+void sbw_metrics_duplicate(const char *action);
+void sbw_metrics_dead_letters_set(const char *const *reasons,
+    const long long *counts, size_t n);
 
 
 #endif /* SBW_METRICS_H */

@@ -724,10 +724,7 @@ sbw_privacy_data_request(PGconn *conn, redisContext *redis,
                                  errlen) != 0
         || redis == NULL
         || sbw_privacy_scan(redis, conf->stream_key, &who, shop, e->id, 0,
-                            NULL, entries, &nstream, NULL, err, errlen) != 0
-        || sbw_privacy_scan(redis, conf->dead_letter_key, &who, shop, NULL,
-                            0, NULL, entries, &nstream, NULL, err,
-                            errlen) != 0)
+                            NULL, entries, &nstream, NULL, err, errlen) != 0)
     {
         if (redis == NULL) {
             snprintf(err, errlen, "no Redis connection");
@@ -905,9 +902,7 @@ sbw_privacy_customer_redact(PGconn *conn, redisContext *redis,
     if (sbw_privacy_floor(redis, conf, floor, sizeof(floor), err, errlen)
            != 0
         || sbw_privacy_scan(redis, conf->stream_key, &who, shop, e->id, 1,
-                            floor, NULL, &nstream, &nkept, err, errlen) != 0
-        || sbw_privacy_scan(redis, conf->dead_letter_key, &who, shop, NULL,
-                            1, NULL, NULL, &nstream, NULL, err, errlen) != 0)
+                            floor, NULL, &nstream, &nkept, err, errlen) != 0)
     {
         goto done;
     }
@@ -994,9 +989,7 @@ sbw_privacy_shop_redact(PGconn *conn, redisContext *redis,
     if (sbw_privacy_floor(redis, conf, floor, sizeof(floor), err, errlen)
            != 0
         || sbw_privacy_scan(redis, conf->stream_key, &who, shop, e->id, 1,
-                            floor, NULL, &nstream, &nkept, err, errlen) != 0
-        || sbw_privacy_scan(redis, conf->dead_letter_key, &who, shop, NULL,
-                            1, NULL, NULL, &nstream, NULL, err, errlen) != 0)
+                            floor, NULL, &nstream, &nkept, err, errlen) != 0)
     {
         return SBW_PRIVACY_RETRY;
     }
@@ -1087,9 +1080,11 @@ sbw_privacy_handle(PGconn *conn, redisContext *redis,
 
 
 /*
- * PAYLOAD_RETENTION_DAYS: nothing holding a payload outlives it.  The
- * dead-letter stream is trimmed by entry time (XTRIM MINID), dead_letters
- * rows and ledger payloads older than that are dropped, exports emptied.
+ * PAYLOAD_RETENTION_DAYS: nothing holding a payload outlives it, except
+ * an open dead letter (an order still to be booked, counted in a warning
+ * until someone retries or discards it).  Resolved and discarded
+ * dead_letters rows and ledger payloads older than that are dropped,
+ * exports emptied.
  * The webhook stream itself is trimmed as soon as every group has
  * acknowledged (stream.c), which is sooner.
  */
@@ -1098,15 +1093,16 @@ sbw_privacy_purge(PGconn *conn, redisContext *redis,
     const sbw_config_t *conf, long retention_days, char *err, size_t errlen)
 {
     int          has;
-    char         days[32], col[64], sql[512], minid[32];
-    long long    nexp, ndl, nstream;
-    redisReply  *r;
+    char         days[32], col[64], sql[512];
+    long long    nexp, ndl, nopen;
     const char  *params[1];
+
+    (void) redis;
+    (void) conf;
 
     snprintf(days, sizeof(days), "%ld", retention_days);
     params[0] = days;
     ndl = 0;
-    nstream = 0;
 
     nexp = sbw_privacy_affected(conn,
         "WITH u AS (UPDATE privacy_requests SET export = NULL"
@@ -1140,6 +1136,7 @@ sbw_privacy_purge(PGconn *conn, redisContext *redis,
     if (has > 0) {
         snprintf(sql, sizeof(sql), "WITH d AS (DELETE FROM dead_letters"
                  " WHERE %s < now() - $1::int * interval '1 day'"
+                 "   AND status IN ('resolved', 'discarded')"
                  " RETURNING 1) SELECT count(*) FROM d", col);
         ndl = sbw_privacy_affected(conn, sql, 1, params, err, errlen);
         has = ndl < 0 ? -1 : 0;
@@ -1149,41 +1146,34 @@ sbw_privacy_purge(PGconn *conn, redisContext *redis,
         return -1;
     }
 
-    if (redis == NULL) {
-        snprintf(err, errlen, "no Redis connection");
+    /* an open dead letter is an order still to be booked: it stays */
+    nopen = sbw_privacy_affected(conn,
+        "SELECT count(*) FROM dead_letters WHERE status = 'open'"
+        "   AND created_at < now() - $1::int * interval '1 day'",
+        1, params, err, errlen);
+
+    if (nopen < 0) {
         return -1;
     }
 
-    snprintf(minid, sizeof(minid), "%lld-0",
-             ((long long) time(NULL) - retention_days * 86400LL) * 1000LL);
-
-    r = redisCommand(redis, "XTRIM %s MINID %s", conf->dead_letter_key,
-                     minid);
-
-    if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
-        snprintf(err, errlen, "XTRIM %s: %s", conf->dead_letter_key,
-                 r ? (r->str ? r->str : "unexpected reply") : redis->errstr);
-        freeReplyObject(r);
-        return -1;
+    if (nopen > 0) {
+        sbw_log(SBW_LOG_WARN, "retention_kept_open_dead_letters",
+                json_pack("{s:i,s:I}", "retention_days",
+                          (json_int_t) retention_days,
+                          "open_dead_letters", (json_int_t) nopen));
     }
 
-    nstream = r->integer;
-    freeReplyObject(r);
-
-    if (nexp + ndl + nstream > 0) {
+    if (nexp + ndl > 0) {
         sbw_log(SBW_LOG_INFO, "retention_purged",
-                json_pack("{s:i,s:I,s:I,s:I}", "retention_days",
+                json_pack("{s:i,s:I,s:I}", "retention_days",
                           (json_int_t) retention_days,
                           "exports", (json_int_t) nexp,
-                          "dead_letters", (json_int_t) ndl,
-                          "dead_letter_entries", (json_int_t) nstream));
+                          "dead_letters", (json_int_t) ndl));
         sbw_shops_audit(conn, "*", "retention_purge", NULL,
-                        json_pack("{s:i,s:I,s:I,s:I}", "retention_days",
+                        json_pack("{s:i,s:I,s:I}", "retention_days",
                                   (json_int_t) retention_days,
                                   "exports", (json_int_t) nexp,
-                                  "dead_letters", (json_int_t) ndl,
-                                  "dead_letter_entries",
-                                  (json_int_t) nstream),
+                                  "dead_letters", (json_int_t) ndl),
                         err, errlen);
     }
 

@@ -1,6 +1,6 @@
 /*
  * Redis stream access: consumer group reads, claims, acknowledgements,
- * the dead-letter stream and safe trimming.
+ * replays from the dead-letter store and safe trimming.
  *
  * All calls are synchronous.  A call that fails at the connection level
  * returns SBW_STREAM_CONN and leaves the context for the caller to close
@@ -271,6 +271,9 @@ sbw_entry_parse(const redisReply *r, sbw_entry_t *e)
         } else if (strcmp(name, "received_at") == 0) {
             slot = &e->received_at;
 
+        } else if (strcmp(name, "dead_letter_id") == 0) {
+            slot = &e->dead_letter_id;
+
         } else if (strcmp(name, "body") == 0) {
             slot = &e->body;
             e->body_len = v->len;
@@ -398,21 +401,29 @@ sbw_stream_read(sbw_stream_t *s, const char *from, long block_ms,
  * left pending for longer than CLAIM_MIN_IDLE_MS (a worker that died or
  * was renamed).  cursor is the scan position, "0-0" to start; it is
  * updated and comes back as "0-0" when the scan is complete.  Redis 7
- * drops claimed ids whose message is gone by itself.
+ * removes from the pending list, by itself, the claimed ids whose
+ * message is gone (trimmed or deleted by hand) and names them in a third
+ * element: they are appended to *out as entries marked deleted, so that
+ * the caller reports them like any other vanished entry.
  */
 int
 sbw_stream_autoclaim(sbw_stream_t *s, char *cursor, size_t cursor_len,
     sbw_entry_t **out, size_t *n)
 {
-    int          rc;
-    redisReply  *r;
+    int                rc, count;
+    size_t             i, nd;
+    redisReply        *r;
+    sbw_entry_t       *es;
+    const redisReply  *del;
 
     *out = NULL;
     *n = 0;
 
+    count = s->conf->stream_batch > 10 ? s->conf->stream_batch : 10;
+
     r = redisCommand(s->ctx, "XAUTOCLAIM %s %s %s %ld %s COUNT %d",
                      s->conf->stream_key, s->conf->group, s->consumer,
-                     s->conf->claim_idle_ms, cursor, s->conf->stream_batch);
+                     s->conf->claim_idle_ms, cursor, count);
 
     rc = sbw_stream_check(s, r);
     if (rc != SBW_STREAM_OK) {
@@ -434,6 +445,122 @@ sbw_stream_autoclaim(sbw_stream_t *s, char *cursor, size_t cursor_len,
         snprintf(s->errstr, sizeof(s->errstr), "cannot parse entries");
         freeReplyObject(r);
         return SBW_STREAM_REPLY;
+    }
+
+    del = r->elements >= 3 ? r->element[2] : NULL;
+    nd = del != NULL && del->type == REDIS_REPLY_ARRAY ? del->elements : 0;
+
+    if (nd > 0) {
+        es = realloc(*out, (*n + nd) * sizeof(sbw_entry_t));
+        if (es == NULL) {
+            /* they are out of the pending list already: only a report */
+            snprintf(s->errstr, sizeof(s->errstr), "out of memory");
+            sbw_entries_free(*out, *n);
+            *out = NULL;
+            *n = 0;
+            freeReplyObject(r);
+            return SBW_STREAM_REPLY;
+        }
+
+        for (i = 0; i < nd; i++) {
+            memset(&es[*n], 0, sizeof(sbw_entry_t));
+            es[*n].deleted = 1;
+            es[*n].id = sbw_reply_dup(del->element[i]);
+
+            if (es[*n].id == NULL) {
+                continue;
+            }
+
+            (*n)++;
+        }
+
+        *out = es;
+    }
+
+    freeReplyObject(r);
+    return SBW_STREAM_OK;
+}
+
+
+/*
+ * Keep an entry this consumer is still retrying from looking abandoned:
+ * XCLAIM ... 0 id JUSTID resets its idle time without counting a
+ * delivery, so other consumers' XAUTOCLAIM leaves it alone and its
+ * delivery count does not climb towards MAX_DELIVERIES while BC is down.
+ */
+int
+sbw_stream_touch(sbw_stream_t *s, const char *id)
+{
+    int          rc;
+    redisReply  *r;
+
+    r = redisCommand(s->ctx, "XCLAIM %s %s %s 0 %s JUSTID",
+                     s->conf->stream_key, s->conf->group, s->consumer, id);
+
+    rc = sbw_stream_check(s, r);
+    if (rc == SBW_STREAM_OK) {
+        freeReplyObject(r);
+    }
+
+    return rc;
+}
+
+
+/*
+ * How many times each of the entries es[0..n-1] (ids in increasing
+ * order, all pending for this consumer) has been delivered: XPENDING
+ * over their id range.  counts[i] is 0 for an entry no longer pending.
+ */
+int
+sbw_stream_delivery_counts(sbw_stream_t *s, const sbw_entry_t *es,
+    size_t n, long long *counts)
+{
+    int                rc;
+    size_t             i, j;
+    redisReply        *r;
+    const redisReply  *p;
+
+    for (i = 0; i < n; i++) {
+        counts[i] = 0;
+    }
+
+    if (n == 0) {
+        return SBW_STREAM_OK;
+    }
+
+    r = redisCommand(s->ctx, "XPENDING %s %s %s %s %d %s",
+                     s->conf->stream_key, s->conf->group, es[0].id,
+                     es[n - 1].id, (int) n + 16, s->consumer);
+
+    rc = sbw_stream_check(s, r);
+    if (rc != SBW_STREAM_OK) {
+        return rc;
+    }
+
+    if (r->type != REDIS_REPLY_ARRAY) {
+        snprintf(s->errstr, sizeof(s->errstr), "unexpected XPENDING reply");
+        freeReplyObject(r);
+        return SBW_STREAM_REPLY;
+    }
+
+    for (j = 0; j < r->elements; j++) {
+        p = r->element[j];
+
+        if (p->type != REDIS_REPLY_ARRAY || p->elements < 4
+            || p->element[0]->type != REDIS_REPLY_STRING
+            || p->element[3]->type != REDIS_REPLY_INTEGER)
+        {
+            continue;
+        }
+
+        for (i = 0; i < n; i++) {
+            if (es[i].id != NULL && strcmp(es[i].id, p->element[0]->str)
+                                    == 0)
+            {
+                counts[i] = p->element[3]->integer;
+                break;
+            }
+        }
     }
 
     freeReplyObject(r);
@@ -464,67 +591,77 @@ sbw_stream_ack(sbw_stream_t *s, const char *id)
 
 
 /*
- * Copy an entry the worker gives up on (unusable payload, or an order
- * refused for good) to the dead-letter stream with the reason, so that
- * nothing Shopify sent is lost once the entry is acknowledged.  The copy
- * keeps every original field and adds the source id, an error code and
- * a reason.
+ * Add a copy of an entry to the stream again (a replay from the
+ * dead-letter store): the fields nginx writes, in nginx's order, with
+ * the body given (possibly edited), plus dead_letter_id, which lets the
+ * worker report the outcome on the dead letter.  new_id receives the id
+ * of the new entry.
  */
 int
-sbw_stream_dead_letter(sbw_stream_t *s, const sbw_entry_t *e,
-    const char *code, const char *reason)
+sbw_stream_replay(sbw_stream_t *s, const sbw_entry_t *e,
+    const char *dead_letter_id, char *new_id, size_t new_id_len)
 {
     int          rc, argc;
     size_t       lens[32];
     redisReply  *r;
     const char  *argv[32];
 
-#define SBW_DL_ARG(name, value, len)                                         \
+#define SBW_RP_ARG(name, value, len)                                         \
     do {                                                                     \
-        argv[argc] = (name);                                                 \
-        lens[argc] = strlen(name);                                           \
-        argc++;                                                              \
-        argv[argc] = (value) ? (value) : "";                                 \
-        lens[argc] = (value) ? (len) : 0;                                    \
-        argc++;                                                              \
+        if ((value) != NULL) {                                               \
+            argv[argc] = (name);                                             \
+            lens[argc] = strlen(name);                                       \
+            argc++;                                                          \
+            argv[argc] = (value);                                            \
+            lens[argc] = (len);                                              \
+            argc++;                                                          \
+        }                                                                    \
     } while (0)
 
     argc = 0;
     argv[argc] = "XADD";
     lens[argc++] = 4;
-    argv[argc] = s->conf->dead_letter_key;
-    lens[argc] = strlen(s->conf->dead_letter_key);
+    argv[argc] = s->conf->stream_key;
+    lens[argc] = strlen(s->conf->stream_key);
     argc++;
     argv[argc] = "*";
     lens[argc++] = 1;
 
-    SBW_DL_ARG("source_id", e->id, strlen(e->id));
-    SBW_DL_ARG("error_code", code, strlen(code));
-    SBW_DL_ARG("reason", reason, strlen(reason));
-    SBW_DL_ARG("topic", e->topic, e->topic ? strlen(e->topic) : 0);
-    SBW_DL_ARG("shop", e->shop, e->shop ? strlen(e->shop) : 0);
-    SBW_DL_ARG("webhook_id", e->webhook_id,
+    SBW_RP_ARG("topic", e->topic, e->topic ? strlen(e->topic) : 0);
+    SBW_RP_ARG("shop", e->shop, e->shop ? strlen(e->shop) : 0);
+    SBW_RP_ARG("webhook_id", e->webhook_id,
                e->webhook_id ? strlen(e->webhook_id) : 0);
-    SBW_DL_ARG("api_version", e->api_version,
+    SBW_RP_ARG("api_version", e->api_version,
                e->api_version ? strlen(e->api_version) : 0);
-    SBW_DL_ARG("triggered_at", e->triggered_at,
+    SBW_RP_ARG("triggered_at", e->triggered_at,
                e->triggered_at ? strlen(e->triggered_at) : 0);
-    SBW_DL_ARG("event_id", e->event_id,
+    SBW_RP_ARG("event_id", e->event_id,
                e->event_id ? strlen(e->event_id) : 0);
-    SBW_DL_ARG("received_at", e->received_at,
+    SBW_RP_ARG("received_at", e->received_at,
                e->received_at ? strlen(e->received_at) : 0);
-    SBW_DL_ARG("body", e->body, e->body_len);
+    SBW_RP_ARG("dead_letter_id", dead_letter_id,
+               dead_letter_id ? strlen(dead_letter_id) : 0);
+    SBW_RP_ARG("body", e->body != NULL ? e->body : "", e->body_len);
 
-#undef SBW_DL_ARG
+#undef SBW_RP_ARG
 
     r = redisCommandArgv(s->ctx, argc, argv, lens);
 
     rc = sbw_stream_check(s, r);
-    if (rc == SBW_STREAM_OK) {
-        freeReplyObject(r);
+    if (rc != SBW_STREAM_OK) {
+        return rc;
     }
 
-    return rc;
+    if (r->type != REDIS_REPLY_STRING) {
+        snprintf(s->errstr, sizeof(s->errstr), "unexpected XADD reply");
+        freeReplyObject(r);
+        return SBW_STREAM_REPLY;
+    }
+
+    snprintf(new_id, new_id_len, "%s", r->str);
+    freeReplyObject(r);
+
+    return SBW_STREAM_OK;
 }
 
 
@@ -782,6 +919,7 @@ sbw_stream_copy_entry(sbw_entry_t *dst, const sbw_entry_t *src)
     SBW_COPY_STR(triggered_at);
     SBW_COPY_STR(event_id);
     SBW_COPY_STR(received_at);
+    SBW_COPY_STR(dead_letter_id);
 
 #undef SBW_COPY_STR
 
@@ -816,6 +954,7 @@ sbw_entry_clear(sbw_entry_t *e)
     free(e->triggered_at);
     free(e->event_id);
     free(e->received_at);
+    free(e->dead_letter_id);
     free(e->body);
 
     memset(e, 0, sizeof(*e));

@@ -28,6 +28,7 @@ typedef struct {
     char    *triggered_at;
     char    *event_id;
     char    *received_at;
+    char    *dead_letter_id;   /* set on a replay from the dead letters */
     char    *body;
     size_t   body_len;
     int      deleted;          /* pending entry trimmed from the stream */
@@ -50,10 +51,13 @@ int sbw_stream_read(sbw_stream_t *s, const char *from, long block_ms,
 int sbw_stream_autoclaim(sbw_stream_t *s, char *cursor, size_t cursor_len,
     sbw_entry_t **out, size_t *n);
 int sbw_stream_ack(sbw_stream_t *s, const char *id);
-int sbw_stream_dead_letter(sbw_stream_t *s, const sbw_entry_t *e,
-    const char *code, const char *reason);
 int sbw_stream_id_cmp(const char *a, const char *b);
 int sbw_stream_floor(sbw_stream_t *s, char *minid, size_t minid_len);
+int sbw_stream_touch(sbw_stream_t *s, const char *id);
+int sbw_stream_delivery_counts(sbw_stream_t *s, const sbw_entry_t *es,
+    size_t n, long long *counts);
+int sbw_stream_replay(sbw_stream_t *s, const sbw_entry_t *e,
+    const char *dead_letter_id, char *new_id, size_t new_id_len);
 int sbw_stream_trim(sbw_stream_t *s, long long *trimmed, char *minid,
     size_t minid_len);
 int sbw_stream_copy_entry(sbw_entry_t *dst, const sbw_entry_t *src);

@@ -27,6 +27,9 @@
 #include "backoff.h"
 #include "bc.h"
 #include "customer.h"
+#include "dlq.h"
+#include "dupcheck.h"
+#include "errclass.h"
 #include "ledger.h"
 #include "log.h"
 #include "metrics.h"
@@ -44,8 +47,8 @@
 /* extra wait after another process's attempt before looking it up */
 #define SBW_INFLIGHT_GRACE_MS  5000
 
-/* pages of XAUTOCLAIM per claim pass */
-#define SBW_CLAIM_PAGES  10
+/* how often thread 0 counts the open dead letters for the gauge */
+#define SBW_DLQ_STATS_INTERVAL  15.0
 
 
 typedef struct {
@@ -121,8 +124,17 @@ static void sbw_log_order(int level, const char *event,
 static long sbw_worker_delay(sbw_worker_t *w, unsigned attempts,
     long retry_after_ms);
 static int sbw_worker_ack(sbw_worker_t *w, const sbw_entry_t *e);
-static int sbw_worker_dead_letter(sbw_worker_t *w, const sbw_entry_t *e,
-    const char *code, const char *reason);
+static int sbw_worker_park(sbw_worker_t *w, const sbw_entry_t *e,
+    const sbw_order_ctx_t *oc, const char *code, const char *message,
+    const char *correlation_id, int attempts, int ledger_failed);
+static void sbw_worker_replayed(sbw_worker_t *w, const sbw_entry_t *e,
+    const sbw_order_ctx_t *oc, const char *bc_number);
+static void sbw_worker_give_up(sbw_worker_t *w, const sbw_entry_t *e,
+    long long deliveries);
+static void sbw_worker_handle_redelivered(sbw_worker_t *w,
+    sbw_entry_t *es, size_t n, int claimed);
+static void sbw_worker_dlq_stats(sbw_worker_t *w);
+static void sbw_worker_dupcheck(sbw_worker_t *w);
 static int sbw_worker_process(sbw_worker_t *w, const sbw_entry_t *e,
     unsigned attempts, long *delay_ms);
 static int sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e,
@@ -322,24 +334,112 @@ sbw_worker_ack(sbw_worker_t *w, const sbw_entry_t *e)
 
 
 /*
- * Copy an entry to the dead-letter stream before it is acknowledged; on
- * failure the entry is left pending (not acknowledged) for a later pass.
+ * Park an entry in the dead-letter store (dlq.c).  With ledger_failed
+ * the order's ledger row becomes "failed" in the same transaction, so
+ * that an order is never failed without its dead letter (a later
+ * delivery of a failed order is acknowledged as a duplicate, and would
+ * not write it).  Both are committed before the caller acknowledges the
+ * entry.  Returns 0, or -1 when PostgreSQL failed: nothing is recorded
+ * and the entry must stay pending.
  */
 static int
-sbw_worker_dead_letter(sbw_worker_t *w, const sbw_entry_t *e,
-    const char *code, const char *reason)
+sbw_worker_park(sbw_worker_t *w, const sbw_entry_t *e,
+    const sbw_order_ctx_t *oc, const char *code, const char *message,
+    const char *correlation_id, int attempts, int ledger_failed)
 {
-    if (sbw_stream_dead_letter(&w->stream, e, code, reason)
-        != SBW_STREAM_OK)
-    {
-        sbw_log(SBW_LOG_WARN, "dead_letter_failed",
-                json_pack("{s:s,s:s}", "stream_id", e->id,
-                          "message", w->stream.errstr));
-        w->redis_broken = 1;
-        return -1;
+    char            err[512];
+    long long       id;
+    const char     *reason;
+    sbw_dlq_item_t  it;
+
+    memset(&it, 0, sizeof(it));
+    it.entry = e;
+    it.shop = oc != NULL && oc->shop != NULL ? oc->shop : e->shop;
+    it.order_id = oc != NULL ? oc->order_id : 0;
+    it.code = code;
+    it.message = message;
+    it.correlation_id = correlation_id;
+    it.attempts = attempts;
+
+    reason = sbw_dlq_reason(code);
+
+    if (sbw_ledger_connect(&w->ledger) != 0) {
+        snprintf(err, sizeof(err), "%s", w->ledger.errstr);
+        goto failed;
     }
 
+    if (sbw_dlq_exec(w->ledger.conn, "BEGIN", err, sizeof(err)) != 0) {
+        goto failed;
+    }
+
+    if (ledger_failed
+        && sbw_ledger_failed(&w->ledger, it.order_id, code, message) != 0)
+    {
+        snprintf(err, sizeof(err), "%s", w->ledger.errstr);
+        PQclear(PQexec(w->ledger.conn, "ROLLBACK"));
+        goto failed;
+    }
+
+    if (sbw_dlq_add(w->ledger.conn, &it, &id, err, sizeof(err)) != 0
+        || sbw_dlq_exec(w->ledger.conn, "COMMIT", err, sizeof(err)) != 0)
+    {
+        PQclear(PQexec(w->ledger.conn, "ROLLBACK"));
+        goto failed;
+    }
+
+    sbw_metrics_dead_letter_written(reason);
+
+    if (e->dead_letter_id != NULL) {
+        sbw_metrics_dead_letter_replayed("failed_again");
+    }
+
+    sbw_log(SBW_LOG_INFO, "dead_lettered",
+            json_pack("{s:I,s:s,s:s,s:s?,s:s,s:s?}",
+                      "dead_letter_id", (json_int_t) id,
+                      "reason", reason, "bc_error_code", code,
+                      "replay_of", e->dead_letter_id,
+                      "stream_id", e->id,
+                      "webhook_id", e->webhook_id));
     return 0;
+
+failed:
+
+    sbw_metrics_set_postgres_up(0);
+    sbw_log(SBW_LOG_WARN, "dead_letter_failed",
+            json_pack("{s:s,s:s,s:s}", "stream_id", e->id,
+                      "reason", reason, "message", err));
+    return -1;
+}
+
+
+/*
+ * A replayed dead letter (an entry the command line put back in the
+ * stream) whose order now exists in BC: mark the dead letter resolved.
+ * A failure here loses nothing (the ledger knows the order), so it is
+ * only logged.
+ */
+static void
+sbw_worker_replayed(sbw_worker_t *w, const sbw_entry_t *e,
+    const sbw_order_ctx_t *oc, const char *bc_number)
+{
+    char  err[512];
+
+    if (e->dead_letter_id == NULL || !sbw_dlq_id_ok(e->dead_letter_id)) {
+        return;
+    }
+
+    if (sbw_dlq_resolved(w->ledger.conn, e->dead_letter_id, bc_number,
+                         err, sizeof(err)) != 0)
+    {
+        sbw_log_order(SBW_LOG_WARN, "postgres_error", oc,
+                      json_pack("{s:s}", "message", err));
+        return;
+    }
+
+    sbw_metrics_dead_letter_replayed("resolved");
+    sbw_log_order(SBW_LOG_INFO, "dead_letter_resolved", oc,
+                  json_pack("{s:s,s:s}", "dead_letter_id",
+                            e->dead_letter_id, "bc_number", bc_number));
 }
 
 
@@ -419,8 +519,12 @@ sbw_worker_shops(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
     }
 
     if (rc == SBW_SHOPS_DEAD) {
-        if (sbw_worker_dead_letter(w, e, dead.code, dead.reason) != 0) {
-            return SBW_DONE;
+        if (sbw_worker_park(w, e, NULL, dead.code, dead.reason, NULL,
+                            (int) attempts, 0)
+            != 0)
+        {
+            *delay_ms = sbw_worker_delay(w, attempts, -1);
+            return SBW_RETRY;
         }
 
         sbw_metrics_entry(e->topic, "invalid");
@@ -513,10 +617,12 @@ sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
 
         json_decref(order);
 
-        if (sbw_worker_dead_letter(w, e, "Worker_InvalidEntry", reason)
-            != 0)
+        if (sbw_worker_park(w, e, &oc, "Worker_InvalidEntry", reason, NULL,
+                            0, 0) != 0)
         {
-            return SBW_DONE;
+            *delay_ms = sbw_worker_delay(w, attempts, -1);
+            sbw_metrics_retry("postgres");
+            return SBW_RETRY;
         }
 
         sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "invalid");
@@ -665,6 +771,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
     }
 
     if (strcmp(row.state, "created") == 0) {
+        sbw_worker_replayed(w, e, oc, row.bc_number);
         sbw_ledger_unlock(&w->ledger, oc->order_id);
         sbw_log_order(SBW_LOG_INFO, "order_duplicate", oc,
                       json_pack("{s:s}", "bc_number", row.bc_number));
@@ -688,9 +795,9 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
         snprintf(code, sizeof(code), "%s", map_rc == SBW_MAP_UNSUPPORTED
                  ? SBW_MAP_ERR_UNSUPPORTED : SBW_MAP_ERR_INVALID);
 
-        if (sbw_ledger_failed(&w->ledger, oc->order_id, code, map_err) != 0) {
-            sbw_log_order(SBW_LOG_WARN, "postgres_error", oc,
-                          json_pack("{s:s}", "message", w->ledger.errstr));
+        if (sbw_worker_park(w, e, oc, code, map_err, NULL, row.attempts, 1)
+            != 0)
+        {
             goto retry_pg;
         }
 
@@ -700,10 +807,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
                                 "message", map_err));
         sbw_metrics_order_failed("mapping");
         sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "failed");
-
-        if (sbw_worker_dead_letter(w, e, code, map_err) == 0) {
-            sbw_worker_ack(w, e);
-        }
+        sbw_worker_ack(w, e);
 
         return SBW_DONE;
     }
@@ -770,6 +874,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
                 goto retry_pg;
             }
 
+            sbw_worker_replayed(w, e, oc, doc.number);
             sbw_ledger_unlock(&w->ledger, oc->order_id);
             sbw_log_order(doc.matches > 1 ? SBW_LOG_WARN : SBW_LOG_INFO,
                           "order_recovered", oc,
@@ -787,6 +892,36 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
         }
 
         sbw_bc_result_clear(&res);
+
+        /*
+         * Not in BC yet.  A request whose answer was lost may still be
+         * queued or running in BC (its client gave up, BC did not): it
+         * is posted again only once BC365_INDOUBT_WAIT_MS have passed
+         * since it was sent, looking it up again meanwhile.
+         */
+        /* TODO: a 500 answered by BC itself needs no wait; unrecorded */
+        if (row.since_attempt_ms >= 0
+            && row.since_attempt_ms < w->conf->indoubt_wait_ms)
+        {
+            guard_ms = w->conf->indoubt_wait_ms - (long) row.since_attempt_ms;
+            *delay_ms = sbw_worker_delay(w, attempts, -1);
+
+            if (*delay_ms > guard_ms) {
+                *delay_ms = guard_ms;
+            }
+
+            *delay_ms += 50 + (long) sbw_rng_below(&w->rng, 200);
+
+            sbw_ledger_unlock(&w->ledger, oc->order_id);
+            sbw_log_order(SBW_LOG_INFO, "order_wait_in_doubt", oc,
+                          json_pack("{s:I,s:I,s:i}",
+                                    "since_attempt_ms",
+                                    (json_int_t) row.since_attempt_ms,
+                                    "wait_left_ms", (json_int_t) guard_ms,
+                                    "retry_in_ms", (json_int_t) *delay_ms));
+            sbw_metrics_retry("in_doubt_wait");
+            return SBW_RETRY;
+        }
     }
 
     /*
@@ -852,6 +987,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
             goto retry_pg;
         }
 
+        sbw_worker_replayed(w, e, oc, bc_number);
         sbw_ledger_unlock(&w->ledger, oc->order_id);
         sbw_log_order(SBW_LOG_INFO, "order_created", oc,
                       json_pack("{s:s,s:s,s:i,s:i,s:i}",
@@ -869,9 +1005,9 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
     case SBW_BC_PERMANENT:
         sbw_bc_describe(&res, code, sizeof(code), msg, sizeof(msg));
 
-        if (sbw_ledger_failed(&w->ledger, oc->order_id, code, msg) != 0) {
-            sbw_log_order(SBW_LOG_WARN, "postgres_error", oc,
-                          json_pack("{s:s}", "message", w->ledger.errstr));
+        if (sbw_worker_park(w, e, oc, code, msg, res.correlation_id, tries,
+                            1) != 0)
+        {
             sbw_bc_result_clear(&res);
             goto retry_pg;
         }
@@ -886,10 +1022,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
         sbw_metrics_order_failed("bc");
         sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "failed");
         sbw_bc_result_clear(&res);
-
-        if (sbw_worker_dead_letter(w, e, code, msg) == 0) {
-            sbw_worker_ack(w, e);
-        }
+        sbw_worker_ack(w, e);
 
         return SBW_DONE;
 
@@ -1129,8 +1262,138 @@ sbw_worker_run_due(sbw_worker_t *w)
         r = &w->queue[i];
         r->attempts++;
         r->due = sbw_mono() + (double) delay / 1000.0;
+
+        /* still ours: not to be claimed, no delivery counted */
+        if (!w->redis_broken
+            && sbw_stream_touch(&w->stream, r->entry.id) == SBW_STREAM_CONN)
+        {
+            w->redis_broken = 1;
+        }
+
         i++;
     }
+}
+
+
+/*
+ * Entries delivered again: this consumer's own pending entries, or
+ * entries just claimed from another consumer.  Each one is handled like
+ * a new one, except an entry delivered more than MAX_DELIVERIES times
+ * (XPENDING's delivery counter): it has been taken up that often without
+ * ever reaching an outcome, most likely because handling it kills the
+ * worker, so it goes to the dead-letter store instead.  Entries already
+ * in the retry queue are skipped.  Stops early (and asks for a pending
+ * pass later) when the retry queue fills up.
+ */
+static void
+sbw_worker_handle_redelivered(sbw_worker_t *w, sbw_entry_t *es, size_t n,
+    int claimed)
+{
+    size_t      i;
+    long long  *counts;
+
+    counts = NULL;
+
+    if (w->conf->max_deliveries > 0 && n > 0) {
+        counts = calloc(n, sizeof(long long));
+
+        if (counts != NULL
+            && sbw_stream_delivery_counts(&w->stream, es, n, counts)
+               != SBW_STREAM_OK)
+        {
+            /* without counts every entry is handled as usual */
+            sbw_log(SBW_LOG_WARN, "delivery_count_failed",
+                    json_pack("{s:s}", "message", w->stream.errstr));
+            free(counts);
+            counts = NULL;
+        }
+    }
+
+    for (i = 0; i < n; i++) {
+        if (sbw_queue_has(w, es[i].id)) {
+            continue;
+        }
+
+        if (claimed && !es[i].deleted) {
+            sbw_log(SBW_LOG_INFO, "entry_claimed",
+                    json_pack("{s:s,s:s?,s:I}", "stream_id", es[i].id,
+                              "topic", es[i].topic, "deliveries",
+                              (json_int_t) (counts ? counts[i] : 0)));
+        }
+
+        if (counts != NULL && !es[i].deleted
+            && counts[i] > (long long) w->conf->max_deliveries)
+        {
+            sbw_worker_give_up(w, &es[i], counts[i]);
+
+        } else {
+            sbw_worker_handle_new(w, &es[i]);
+        }
+
+        if (*w->env->stop || w->redis_broken) {
+            break;
+        }
+
+        if (w->qlen >= (size_t) w->conf->retry_queue_max) {
+            w->need_pending = 1;
+            break;
+        }
+    }
+
+    free(counts);
+}
+
+
+/*
+ * An entry delivered more than MAX_DELIVERIES times: dead-letter it
+ * (without touching the ledger: if the order has an attempt in doubt, a
+ * replay looks it up first) and acknowledge it.  If PostgreSQL cannot
+ * take it, the entry stays pending and comes back with a later pass.
+ */
+static void
+sbw_worker_give_up(sbw_worker_t *w, const sbw_entry_t *e,
+    long long deliveries)
+{
+    char              msg[256], shop[SBW_SHOP_BUFLEN];
+    json_t           *order;
+    int64_t           order_id;
+    json_error_t      jerr;
+    sbw_order_ctx_t   oc;
+
+    memset(&oc, 0, sizeof(oc));
+    oc.entry = e;
+
+    order = e->body != NULL ? sbw_order_parse(e->body, e->body_len, &jerr)
+                            : NULL;
+
+    if (order != NULL && sbw_order_id(order, &order_id) == 0) {
+        oc.order_id = order_id;
+    }
+
+    json_decref(order);
+
+    if (e->shop != NULL && sbw_ascii_lower(e->shop, shop, sizeof(shop))
+                           == 0)
+    {
+        oc.shop = shop;
+    }
+
+    snprintf(msg, sizeof(msg), "delivered %lld times without an outcome "
+             "(MAX_DELIVERIES=%d)", deliveries, w->conf->max_deliveries);
+
+    sbw_log_order(SBW_LOG_ERROR, "entry_max_deliveries", &oc,
+                  json_pack("{s:s?,s:I,s:s}", "topic", e->topic,
+                            "deliveries", (json_int_t) deliveries,
+                            "message", msg));
+
+    if (sbw_worker_park(w, e, &oc, "Worker_MaxDeliveries", msg, NULL,
+                        (int) deliveries, 0) != 0)
+    {
+        return;
+    }
+
+    sbw_metrics_entry(e->topic ? e->topic : "unknown", "dead_lettered");
+    sbw_worker_ack(w, e);
 }
 
 
@@ -1146,15 +1409,17 @@ sbw_worker_pending_pass(sbw_worker_t *w)
 {
     int           rc;
     char          cursor[64];
-    size_t        n, i;
+    size_t        n;
     sbw_entry_t  *es;
 
     snprintf(cursor, sizeof(cursor), "0");
+    w->need_pending = 0;
 
     for ( ;; ) {
         rc = sbw_stream_read(&w->stream, cursor, 0, &es, &n);
 
         if (rc != SBW_STREAM_OK) {
+            w->need_pending = 1;
             return rc;
         }
 
@@ -1162,70 +1427,49 @@ sbw_worker_pending_pass(sbw_worker_t *w)
             break;
         }
 
-        for (i = 0; i < n; i++) {
-            snprintf(cursor, sizeof(cursor), "%s", es[i].id);
+        snprintf(cursor, sizeof(cursor), "%s", es[n - 1].id);
 
-            if (sbw_queue_has(w, es[i].id)) {
-                continue;
-            }
-
-            sbw_worker_handle_new(w, &es[i]);
-
-            if (*w->env->stop || w->redis_broken
-                || w->qlen >= (size_t) w->conf->retry_queue_max)
-            {
-                sbw_entries_free(es, n);
-                return SBW_STREAM_OK;
-            }
-        }
-
+        sbw_worker_handle_redelivered(w, es, n, 0);
         sbw_entries_free(es, n);
+
+        if (*w->env->stop || w->redis_broken || w->need_pending) {
+            w->need_pending = 1;
+            return SBW_STREAM_OK;
+        }
     }
 
-    w->need_pending = 0;
     return SBW_STREAM_OK;
 }
 
 
 /*
  * Take over entries left pending too long by other consumers (a worker
- * that died for good, or whose WORKER_NAME changed).
+ * that died for good, or whose WORKER_NAME changed), scanning the whole
+ * pending list: XAUTOCLAIM until its cursor comes back as 0-0.  Ids
+ * whose message vanished (trimmed or deleted by hand) come back as
+ * deleted entries and are reported as gone.
  */
 static int
 sbw_worker_claim_pass(sbw_worker_t *w)
 {
-    int           rc, page;
+    int           rc;
     char          cursor[64];
-    size_t        n, i;
+    size_t        n;
     sbw_entry_t  *es;
 
     snprintf(cursor, sizeof(cursor), "0-0");
 
-    for (page = 0; page < SBW_CLAIM_PAGES; page++) {
+    for ( ;; ) {
         rc = sbw_stream_autoclaim(&w->stream, cursor, sizeof(cursor), &es,
                                   &n);
         if (rc != SBW_STREAM_OK) {
             return rc;
         }
 
-        for (i = 0; i < n; i++) {
-            if (sbw_queue_has(w, es[i].id)) {
-                continue;
-            }
-
-            sbw_log(SBW_LOG_INFO, "entry_claimed",
-                    json_pack("{s:s,s:s?}", "stream_id", es[i].id,
-                              "topic", es[i].topic));
-            sbw_worker_handle_new(w, &es[i]);
-
-            if (*w->env->stop || w->redis_broken) {
-                break;
-            }
-        }
-
+        sbw_worker_handle_redelivered(w, es, n, 1);
         sbw_entries_free(es, n);
 
-        if (*w->env->stop || w->redis_broken
+        if (*w->env->stop || w->redis_broken || w->need_pending
             || strcmp(cursor, "0-0") == 0)
         {
             break;
@@ -1233,6 +1477,72 @@ sbw_worker_claim_pass(sbw_worker_t *w)
     }
 
     return SBW_STREAM_OK;
+}
+
+
+/*
+ * Refresh the bc_dead_letters gauge from PostgreSQL.
+ */
+static void
+sbw_worker_dlq_stats(sbw_worker_t *w)
+{
+    char        err[512];
+    size_t      n, i;
+    long long   counts[32];
+    const char *names[32];
+    char        reasons[32][SBW_DLQ_REASON_LEN];
+
+    if (sbw_ledger_connect(&w->ledger) != 0
+        || sbw_dlq_open_counts(w->ledger.conn, reasons, counts, 32, &n, err,
+                               sizeof(err)) != 0)
+    {
+        sbw_log(SBW_LOG_DEBUG, "dead_letter_stats_failed",
+                json_pack("{s:s}", "message", w->ledger.conn
+                                              ? err : w->ledger.errstr));
+        return;
+    }
+
+    for (i = 0; i < n; i++) {
+        names[i] = reasons[i];
+    }
+
+    sbw_metrics_dead_letters_set(names, counts, n);
+}
+
+
+/*
+ * One periodic pass of the duplicate detector (dupcheck.c) over the
+ * orders that had more than one attempt, removing safe duplicates when
+ * DUPLICATE_REMOVE is on.
+ */
+static void
+sbw_worker_dupcheck(sbw_worker_t *w)
+{
+    char                  err[512];
+    sbw_dupcheck_stats_t  st;
+
+    if (sbw_ledger_connect(&w->ledger) != 0) {
+        return;
+    }
+
+    if (sbw_dupcheck_run(&w->bc, w->ledger.conn, w->conf, 0,
+                         w->conf->dup_remove, NULL, &st, err, sizeof(err))
+        != 0)
+    {
+        sbw_log(SBW_LOG_WARN, "duplicate_check_failed",
+                json_pack("{s:s}", "message", err));
+        return;
+    }
+
+    if (st.checked > 0) {
+        sbw_log(st.found > 0 ? SBW_LOG_WARN : SBW_LOG_INFO,
+                "duplicate_check_done",
+                json_pack("{s:i,s:i,s:i,s:i}",
+                          "checked", (json_int_t) st.checked,
+                          "found", (json_int_t) st.found,
+                          "removed", (json_int_t) st.removed,
+                          "kept", (json_int_t) st.kept));
+    }
 }
 
 
@@ -1330,6 +1640,7 @@ sbw_worker_run(void *arg)
     long           block;
     size_t         n, i;
     double         now, next_claim, next_trim, last_activity, due;
+    double         next_stats, next_dup;
     sbw_entry_t   *es;
     sbw_worker_t  *w;
 
@@ -1337,6 +1648,8 @@ sbw_worker_run(void *arg)
     now = sbw_mono();
     next_claim = now;
     next_trim = now;
+    next_stats = now;
+    next_dup = now + (double) w->conf->dup_check_interval_ms / 1000.0;
     last_activity = now;
 
     while (!*w->env->stop) {
@@ -1375,6 +1688,20 @@ sbw_worker_run(void *arg)
             if (w->redis_broken) {
                 continue;
             }
+        }
+
+        /* the dead-letter gauge, and the duplicate detector */
+        if (w->index == 0 && now >= next_stats) {
+            sbw_worker_dlq_stats(w);
+            next_stats = now + SBW_DLQ_STATS_INTERVAL;
+        }
+
+        if (w->index == 0 && w->conf->dup_check_interval_ms > 0
+            && now >= next_dup)
+        {
+            sbw_worker_dupcheck(w);
+            next_dup = sbw_mono()
+                       + (double) w->conf->dup_check_interval_ms / 1000.0;
         }
 
         /* entries abandoned by other consumers */

@@ -130,7 +130,10 @@ test_defaults(void **state)
     assert_int_equal(c.redis.port, 6379);
     assert_string_equal(c.stream_key, "shopify:webhooks");
     assert_string_equal(c.group, "bc-sync");
-    assert_string_equal(c.dead_letter_key, "shopify:webhooks:dead");
+    assert_int_equal(c.indoubt_wait_ms, 660000);
+    assert_int_equal(c.max_deliveries, 10);
+    assert_int_equal(c.dup_check_interval_ms, 600000);
+    assert_int_equal(c.dup_remove, 1);
     assert_string_equal(c.default_customer, "WEB");
     assert_string_equal(c.environment, "production");
     assert_string_equal(c.api_base,

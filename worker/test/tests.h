@@ -22,6 +22,7 @@ int test_config_run(int *ran);
 int test_bc_run(int *ran);
 int test_customer_run(int *ran);
 int test_shops_run(int *ran);
+int test_dlq_run(int *ran);
 
 const char *test_fixtures_dir(void);
 

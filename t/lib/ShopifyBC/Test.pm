@@ -422,6 +422,8 @@ sub worker_env {
         VARIANT_MAP_FILE => "$TOP/fixtures/meta/variant-map.json",
         METRICS_ADDR => '127.0.0.1:' . ($opt{metrics_port} // free_port()),
         LOG_LEVEL => 'debug',
+        # a short in-doubt wait (default 11 min: BC's 10 min limit + 1)
+        BC365_INDOUBT_WAIT_MS => 3000,
         %{ $opt{env} || {} },
     );
 }
