@@ -90,6 +90,9 @@ static void sbw_bc_limit_release(sbw_bc_shared_t *sh,
 static void sbw_bc_count(const char *op, const sbw_bc_result_t *res);
 static void sbw_bc_call(sbw_bc_t *bc, const char *op, const char *method,
     const char *url, const char *body, sbw_bc_result_t *res);
+static void sbw_bc_call_match(sbw_bc_t *bc, const char *op,
+    const char *method, const char *url, const char *body,
+    const char *if_match, sbw_bc_result_t *res);
 
 
 static double
@@ -542,6 +545,16 @@ sbw_bc_perform(CURL *curl, const sbw_config_t *conf, const char *method,
         curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE,
                          (long) (body ? strlen(body) : 0));
 
+    } else if (strcmp(method, "GET") != 0) {
+        /* PATCH with its body, DELETE without */
+        curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
+
+        if (body != NULL) {
+            curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+            curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE,
+                             (long) strlen(body));
+        }
+
     } else {
         curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
     }
@@ -887,9 +900,22 @@ static void
 sbw_bc_call(sbw_bc_t *bc, const char *op, const char *method,
     const char *url, const char *body, sbw_bc_result_t *res)
 {
+    sbw_bc_call_match(bc, op, method, url, body, NULL, res);
+}
+
+
+/*
+ * sbw_bc_call() with an If-Match header (PATCH and DELETE of an entity
+ * BC versions with an ETag) when if_match is not NULL.
+ */
+static void
+sbw_bc_call_match(sbw_bc_t *bc, const char *op, const char *method,
+    const char *url, const char *body, const char *if_match,
+    sbw_bc_result_t *res)
+{
     int                 try;
     long                gen, stale;
-    char               *token, *auth;
+    char               *token, *auth, im[512];
     size_t              n;
     struct curl_slist  *hdrs;
 
@@ -921,6 +947,11 @@ sbw_bc_call(sbw_bc_t *bc, const char *op, const char *method,
 
         if (body != NULL) {
             hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+        }
+
+        if (if_match != NULL) {
+            snprintf(im, sizeof(im), "If-Match: %s", if_match);
+            hdrs = curl_slist_append(hdrs, im);
         }
 
         memset(auth, 0, strlen(auth));
@@ -1258,4 +1289,77 @@ sbw_bc_find_customer(sbw_bc_t *bc, const char *email, char *number,
     }
 
     return 0;
+}
+
+
+/*
+ * Point the client at another company: the orders of each shop go to the
+ * shop's company (BC365_COMPANIES).  Returns 0, -1 out of memory (the
+ * client keeps its company).
+ */
+int
+sbw_bc_set_company(sbw_bc_t *bc, const char *company_id)
+{
+    int    n;
+    char  *tenant, *env, *company, *url;
+
+    url = NULL;
+    tenant = curl_easy_escape(bc->curl, bc->conf->tenant, 0);
+    env = curl_easy_escape(bc->curl, bc->conf->environment, 0);
+    company = curl_easy_escape(bc->curl, company_id, 0);
+
+    if (tenant && env && company) {
+        n = snprintf(NULL, 0, "%s/v2.0/%s/%s/api/v2.0/companies(%s)",
+                     bc->conf->api_base, tenant, env, company);
+        url = malloc((size_t) n + 1);
+
+        if (url != NULL) {
+            snprintf(url, (size_t) n + 1, "%s/v2.0/%s/%s/api/v2.0/"
+                     "companies(%s)", bc->conf->api_base, tenant, env,
+                     company);
+        }
+    }
+
+    curl_free(tenant);
+    curl_free(env);
+    curl_free(company);
+
+    if (url == NULL) {
+        return -1;
+    }
+
+    free(bc->base_url);
+    bc->base_url = url;
+
+    return 0;
+}
+
+
+/*
+ * One request to the current company: path is relative to
+ * .../companies({id}) ("/salesOrders(...)"), if_match is sent when not
+ * NULL.  Returns the class of the answer; res holds it.
+ */
+sbw_bc_class_e
+sbw_bc_request(sbw_bc_t *bc, const char *op, const char *method,
+    const char *path, const char *body, const char *if_match,
+    sbw_bc_result_t *res)
+{
+    int    n;
+    char  *url;
+
+    n = snprintf(NULL, 0, "%s%s", bc->base_url, path);
+    url = malloc((size_t) n + 1);
+
+    if (url == NULL) {
+        sbw_bc_result_clear(res);
+        res->curl_code = CURLE_OUT_OF_MEMORY;
+        return SBW_BC_RETRY_NOT_SENT;
+    }
+
+    snprintf(url, (size_t) n + 1, "%s%s", bc->base_url, path);
+    sbw_bc_call_match(bc, op, method, url, body, if_match, res);
+    free(url);
+
+    return sbw_bc_classify(res);
 }
