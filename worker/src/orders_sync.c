@@ -134,11 +134,13 @@ sbw_sync_exec(sbw_ledger_t *l, const char *sql, int n,
 /*
  * Create this component's tables (schema_version component
  * "orders-sync") and seed bc_sku_map from SKU_MAP_JSON.  The table wins:
- * a SKU already in it keeps its item number, so an edit made in the
- * table is never undone by a restart with an older setting; the setting
- * only adds SKUs the table does not have.  *seeded counts the SKUs
- * added.  One transaction under its own advisory lock, like the ledger's
- * migration.
+ * a row written by a person (source 'manual', the column's default) is
+ * never changed by the setting, so an edit made in the table is not
+ * undone by a restart with an older setting.  Rows the setting wrote
+ * (source 'SKU_MAP_JSON') follow it: added, changed, and removed when
+ * the setting no longer names their SKU.  *seeded counts the rows added
+ * or changed.  One transaction under its own advisory lock, like the
+ * ledger's migration.
  */
 int
 sbw_sync_migrate(sbw_ledger_t *l, const sbw_config_t *conf,
@@ -196,11 +198,21 @@ sbw_sync_migrate(sbw_ledger_t *l, const sbw_config_t *conf,
     params[0] = map;
 
     if (sbw_sync_exec(l,
+            "DELETE FROM bc_sku_map WHERE source = 'SKU_MAP_JSON'"
+            " AND sku NOT IN (SELECT key FROM json_each_text($1::json)"
+            "                 WHERE value <> '')",
+            1, params, NULL) != 0
+        || sbw_sync_exec(l,
             "WITH added AS ("
-            "  INSERT INTO bc_sku_map (sku, bc_item_number, source)"
+            "  INSERT INTO bc_sku_map AS m (sku, bc_item_number, source)"
             "  SELECT key, value, 'SKU_MAP_JSON'"
             "    FROM json_each_text($1::json) WHERE value <> ''"
-            "  ON CONFLICT (sku) DO NOTHING RETURNING 1"
+            "  ON CONFLICT (sku) DO UPDATE"
+            "    SET bc_item_number = EXCLUDED.bc_item_number,"
+            "        updated_at = now()"
+            "    WHERE m.source = 'SKU_MAP_JSON'"
+            "      AND m.bc_item_number <> EXCLUDED.bc_item_number"
+            "  RETURNING 1"
             ") SELECT count(*) FROM added",
             1, params, &res) != 0)
     {
