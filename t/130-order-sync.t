@@ -31,7 +31,8 @@ my $metrics_port = free_port();
 my $worker = start_worker(database => $db, stream => $stream,
                           company => $COMPANY, shipping_account => $SHIPPING,
                           metrics_port => $metrics_port,
-                          env => { BC365_CUSTOMER_STRATEGY => 'create' });
+                          env => { BC365_CUSTOMER_STRATEGY => 'create',
+                                   SKU_MAP_JSON => '{"TOKYO-BLUE":"1988-S"}' });
 
 my %body = (create => fixture('orders-create-basic.json'),
             updated => fixture('orders-updated.json'),
@@ -223,6 +224,31 @@ like dead_letters(), qr/no longer open \(salesInvoice/,
         'G: counted in bc_order_sync_total';
     like $m->{content}, qr/bc_order_sync_total\{event="cancelled"\} 2/,
         'cancellations counted';
+}
+
+# --- 8. the SKU map table: seeded from SKU_MAP_JSON, a person's row wins
+{
+    my ($row) = psql($db, "SELECT bc_item_number, source FROM bc_sku_map"
+                          . " WHERE sku = 'TOKYO-BLUE'");
+    is "@$row", '1988-S SKU_MAP_JSON', 'SKU_MAP_JSON seeds bc_sku_map';
+    psql($db, "UPDATE bc_sku_map SET bc_item_number = '1964-S',"
+              . " source = 'manual' WHERE sku = 'TOKYO-BLUE'");
+    stop_worker($worker);
+    $worker = start_worker(database => $db, stream => $stream,
+        company => $COMPANY, shipping_account => $SHIPPING,
+        env => { SKU_MAP_JSON => '{"TOKYO-BLUE":"1988-S"}' });
+    ($row) = psql($db, "SELECT bc_item_number FROM bc_sku_map"
+                       . " WHERE sku = 'TOKYO-BLUE'");
+    is $row->[0], '1964-S', 'a restart with the setting keeps the edited row';
+    my $h = $base_id + 9;
+    (my $pos = fixture('orders-create-guest-pos.json'))
+        =~ s/^\{"id":\d+,/{"id":$h,/ or die;
+    $pos =~ s/"sku":"1964-S"/"sku":"TOKYO-BLUE"/ or die 'fixture changed';
+    is deliver($nginx, $pos, 'X-Shopify-Webhook-Id' => "$run-pos-$h"), 200,
+        'POS order with a shop-only SKU delivered';
+    wait_until('order H created', 30, sub { @{ bc_orders_of($h) } == 1 });
+    is lines_of(bc_orders_of($h)->[0]{order}), '1928-Sx2 1964-Sx1',
+        'the SKU is booked as the item the table names';
 }
 
 is redis('XPENDING', $stream, 'bc-sync') =~ /^0/ ? 0 : 1, 0,
