@@ -43,6 +43,7 @@ main(void)
     failed += test_config_run(&ran);
     failed += test_bc_run(&ran);
     failed += test_customer_run(&ran);
+    failed += test_sync_run(&ran);
 
     printf("\n%d passed, %d failed\n", ran - failed, failed);
 

@@ -21,6 +21,7 @@ int test_backoff_run(int *ran);
 int test_config_run(int *ran);
 int test_bc_run(int *ran);
 int test_customer_run(int *ran);
+int test_sync_run(int *ran);
 
 const char *test_fixtures_dir(void);
 
