@@ -566,6 +566,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
     const json_t *order, unsigned attempts, long *delay_ms)
 {
     int                locked, tries, found, same_name, is_create;
+    json_t            *extra;
     sbw_sync_row_t     srow;
     sbw_sync_result_t  sr;
     char               code[128], msg[512], *payload;
@@ -911,28 +912,32 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
             goto retry_pg;
         }
 
-        sbw_log_order(SBW_LOG_INFO, "order_created", oc,
-                      json_pack("{s:s,s:s,s:i,s:i,s:i,s:s,s:s}",
-                                "bc_number", bc_number, "bc_id", bc_id,
-                                "lines", (json_int_t) o->nlines,
-                                "attempts", (json_int_t) tries,
-                                "bc_ms", (json_int_t) (res.seconds
-                                                       * 1000.0),
-                                "company", w->sync.company,
-                                "customer", o->customer_number));
         sbw_metrics_order_pushed(res.seconds);
         sbw_metrics_entry(e->topic, "created");
 
         /* BC's total against Shopify's (orders_sync.c) */
+        extra = json_pack("{s:s,s:s,s:i,s:i,s:i,s:s,s:s}",
+                          "bc_number", bc_number, "bc_id", bc_id,
+                          "lines", (json_int_t) o->nlines,
+                          "attempts", (json_int_t) tries,
+                          "bc_ms", (json_int_t) (res.seconds * 1000.0),
+                          "company", w->sync.company,
+                          "customer", o->customer_number);
         sbw_sync_after_create(&w->sync, oc->order_id, o, bc_id, res.body,
                               e->topic, &sr);
         sbw_bc_result_clear(&res);
 
-        if (sr.action == SBW_SYNC_ACK) {
-            sbw_log_order(SBW_LOG_INFO, "order_totals", oc, sr.extra);
+        /* one line: the order, and its totals when they were checked */
+        if (sr.action == SBW_SYNC_ACK && sr.event == NULL) {
+            if (extra != NULL && sr.extra != NULL) {
+                json_object_update(extra, sr.extra);
+            }
+
+            json_decref(sr.extra);
             sr.extra = NULL;
-            sr.event = NULL;
         }
+
+        sbw_log_order(SBW_LOG_INFO, "order_created", oc, extra);
 
         return sbw_worker_sync_done(w, e, oc, &sr, attempts, delay_ms);
 
