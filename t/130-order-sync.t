@@ -179,6 +179,29 @@ wait_until('order E conflict', 30, sub { sync_row($e)->[0] eq 'conflict' });
 like dead_letters(), qr/no longer open \(salesInvoice/,
     'E: cancelling a posted order is a conflict naming the invoice';
 
+# --- 5b. an edit while the create's outcome is unknown -----------------
+{
+    my $j = $base_id + 10;
+    sandbox_faults({ method => 'POST', path_regex => '/salesOrders$',
+                     times => 1, action => 'commit_then_fail',
+                     status => 500 });
+    send_as($j, 'create');
+    wait_until('create of J in doubt', 30, sub {
+        my ($r) = psql($db, "SELECT in_doubt FROM bc_order_ledger"
+                            . " WHERE shopify_order_id = $j");
+        $r && $r->[0] eq 't' });
+    send_as($j, 'updated');
+    wait_until('J edited', 30,
+               sub { sync_row($j)->[2] eq '2026-03-17 18:05:12' });
+    my $oj = bc_orders_of($j);
+    is scalar @$oj, 1, 'J: one BC order (found by lookup, not posted again)';
+    is lines_of($oj->[0]{order}), '1896-Sx1 1900-Sx3 40400x1',
+        'J: the edit applied to the order found by lookup';
+    is sprintf('%.2f', $oj->[0]{order}{totalAmountIncludingTax}), '1691.37',
+        'J: total 1691.37';
+    sandbox_call('DELETE', '/_sandbox/faults');
+}
+
 # --- 6. customer strategy create --------------------------------------
 {
     my $u = fixture('orders-create-unicode.json');

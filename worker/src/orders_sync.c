@@ -67,8 +67,8 @@ static const char  sbw_sync_schema_sql[] =
 static int sbw_sync_exec(sbw_ledger_t *l, const char *sql, int n,
     const char *const *params, PGresult **out);
 static int sbw_sync_put(sbw_sync_t *s, int64_t order_id,
-    const sbw_bc_order_t *o, const char *topic, const char *totals,
-    const char *sync_state);
+    const sbw_bc_order_t *o, const char *updated_at, const char *topic,
+    const char *totals, const char *sync_state);
 static int sbw_sync_set_totals(sbw_sync_t *s, int64_t order_id,
     const char *state, int64_t bc_total, int64_t variance);
 static int sbw_sync_set_state(sbw_sync_t *s, int64_t order_id,
@@ -441,13 +441,14 @@ sbw_sync_is_stale(sbw_ledger_t *l, int64_t order_id, const char *updated_at)
 
 
 /*
- * Insert or refresh the order's sync row.  last_updated_at only moves
- * forward (greatest()), so the row always names the newest state
- * applied.
+ * Insert or refresh the order's sync row.  updated_at is the Shopify
+ * state applied ("" for none).  last_updated_at only moves forward
+ * (greatest()), so the row always names the newest state applied.
  */
 static int
 sbw_sync_put(sbw_sync_t *s, int64_t order_id, const sbw_bc_order_t *o,
-    const char *topic, const char *totals, const char *sync_state)
+    const char *updated_at, const char *topic, const char *totals,
+    const char *sync_state)
 {
     char         id[32], total[SBW_MONEY_BUFLEN];
     const char  *params[8];
@@ -465,7 +466,7 @@ sbw_sync_put(sbw_sync_t *s, int64_t order_id, const sbw_bc_order_t *o,
     params[1] = s->company;
     params[2] = s->conf->order_money == SBW_MONEY_PRESENTMENT
                 ? "presentment" : "shop";
-    params[3] = sbw_valid_time(o->updated_at) ? o->updated_at : "";
+    params[3] = sbw_valid_time(updated_at) ? updated_at : "";
     params[4] = topic;
     params[5] = total;
     params[6] = totals;
@@ -920,7 +921,9 @@ sbw_sync_after_create(sbw_sync_t *s, int64_t order_id,
     const sbw_bc_order_t *o, const char *bc_id, const json_t *answer,
     const char *topic, sbw_sync_result_t *r)
 {
-    if (sbw_sync_put(s, order_id, o, topic, "pending", "open") != 0) {
+    if (sbw_sync_put(s, order_id, o, o->updated_at, topic, "pending", "open")
+        != 0)
+    {
         r->action = SBW_SYNC_PGFAIL;
         return;
     }
@@ -956,8 +959,8 @@ sbw_sync_created(sbw_sync_t *s, int64_t order_id, const sbw_sync_row_t *row,
         }
 
         if (strcmp(doc_type, "salesOrder") != 0) {
-            if (sbw_sync_put(s, order_id, o, topic, "unchecked", "open")
-                != 0)
+            if (sbw_sync_put(s, order_id, o, o->updated_at, topic,
+                             "unchecked", "open") != 0)
             {
                 r->action = SBW_SYNC_PGFAIL;
             }
@@ -966,7 +969,8 @@ sbw_sync_created(sbw_sync_t *s, int64_t order_id, const sbw_sync_row_t *row,
         }
 
         if (!row->found
-            && sbw_sync_put(s, order_id, o, topic, "pending", "open") != 0)
+            && sbw_sync_put(s, order_id, o, o->updated_at, topic, "pending",
+                            "open") != 0)
         {
             r->action = SBW_SYNC_PGFAIL;
             return;
@@ -976,9 +980,13 @@ sbw_sync_created(sbw_sync_t *s, int64_t order_id, const sbw_sync_row_t *row,
         return;
     }
 
-    /* orders/updated, orders/cancelled */
+    /*
+     * orders/updated, orders/cancelled on an order without a sync row (an
+     * order found by lookup, or created before this table): a row that
+     * has applied no Shopify state yet
+     */
     if (!row->found
-        && sbw_sync_put(s, order_id, o, "orders/create", "unchecked",
+        && sbw_sync_put(s, order_id, o, "", "orders/create", "unchecked",
                         "open") != 0)
     {
         r->action = SBW_SYNC_PGFAIL;
@@ -1174,7 +1182,9 @@ sbw_sync_update(sbw_sync_t *s, int64_t order_id, const sbw_bc_order_t *o,
 
     free(ops);
 
-    if (sbw_sync_put(s, order_id, o, topic, "pending", "open") != 0) {
+    if (sbw_sync_put(s, order_id, o, o->updated_at, topic, "pending",
+                     "open") != 0)
+    {
         r->action = SBW_SYNC_PGFAIL;
         return;
     }
@@ -1245,8 +1255,8 @@ void
 sbw_sync_cancel_before_create(sbw_sync_t *s, int64_t order_id,
     const sbw_bc_order_t *o, sbw_sync_result_t *r)
 {
-    if (sbw_sync_put(s, order_id, o, SBW_TOPIC_ORDERS_CANCELLED,
-                     "unchecked", "cancelled") != 0
+    if (sbw_sync_put(s, order_id, o, o->updated_at,
+                     SBW_TOPIC_ORDERS_CANCELLED, "unchecked", "cancelled") != 0
         || sbw_ledger_failed(s->ledger, order_id, SBW_SYNC_ERR_CANCELLED,
                              "cancelled in Shopify before it reached BC; "
                              "no BC order is made") != 0)

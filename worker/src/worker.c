@@ -810,22 +810,6 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
                 goto retry_pg;
             }
 
-            /* an update or cancellation then applies to it */
-            if (!is_create) {
-                sbw_log_order(SBW_LOG_INFO, "order_recovered", oc,
-                              json_pack("{s:s,s:s}", "bc_number",
-                                        doc.number, "bc_document_type",
-                                        doc.doc_type));
-                sbw_metrics_order_recovered();
-                sbw_bc_result_clear(&res);
-                srow.found = 0;
-                sbw_sync_created(&w->sync, oc->order_id, &srow, o,
-                                 doc.doc_type, doc.id, e->topic, &sr);
-                return sbw_worker_sync_done(w, e, oc, &sr, attempts,
-                                            delay_ms);
-            }
-
-            sbw_ledger_unlock(&w->ledger, oc->order_id);
             sbw_log_order(doc.matches > 1 ? SBW_LOG_WARN : SBW_LOG_INFO,
                           "order_recovered", oc,
                           json_pack("{s:s,s:s,s:i,s:i}",
@@ -837,8 +821,21 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
             sbw_metrics_order_deduped();
             sbw_metrics_entry(e->topic, "recovered");
             sbw_bc_result_clear(&res);
-            sbw_worker_ack(w, e);
-            return SBW_DONE;
+
+            /*
+             * then, as for an order the ledger knew: its totals check, or
+             * the update or cancellation this delivery carries
+             */
+            sbw_sync_created(&w->sync, oc->order_id, &srow, o,
+                             doc.doc_type, doc.id, e->topic, &sr);
+
+            if (sr.action == SBW_SYNC_ACK && sr.event == NULL
+                && sr.extra != NULL)
+            {
+                sr.event = "order_totals";
+            }
+
+            return sbw_worker_sync_done(w, e, oc, &sr, attempts, delay_ms);
         }
 
         sbw_bc_result_clear(&res);
