@@ -260,6 +260,7 @@ CUSTOMER_TAX_AREAS = {"20000": "MARIETTA, GA"}
 NEW_CUSTOMER_TAX_AREA = "ATLANTA, GA"
 
 # per company id: {"type": "Sales Tax"|"VAT", "areas": {...}, "groups": {...}}
+# TODO: changes made through the control API are not kept in --state-file
 TAX = {}
 
 

@@ -701,6 +701,8 @@ sbw_sync_reconcile(sbw_sync_t *s, int64_t order_id, const char *bc_id,
 
     tol = sbw_total_tolerance(s->conf->tax_tolerance, o->ntax_lines);
 
+    /* TODO: BC taxes by the customer's tax area; guests elsewhere differ */
+
     for (pass = 0; pass < SBW_SYNC_TOTAL_PASSES; pass++) {
         bc_order = NULL;
 
@@ -839,6 +841,7 @@ sbw_sync_reconcile(sbw_sync_t *s, int64_t order_id, const char *bc_id,
                             ? "; no BC365_ROUNDING_ACCOUNT is set"
                             : ", more than the tolerance ",
                             s->conf->rounding_account == NULL ? "" : t);
+            json_decref(r->extra);
             r->extra = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}",
                                  "bc_error_code", SBW_MAP_ERR_MISMATCH,
                                  "message", r->message, "bc_total", a,
@@ -1106,6 +1109,8 @@ sbw_sync_line_answer(sbw_sync_t *s, int64_t order_id, sbw_bc_class_e cls,
     return 0;
 }
 
+
+/* TODO: header fields (addresses, e-mail, phone) are not patched on edits */
 
 /*
  * orders/updated on an open BC order: the lines are brought to the
