@@ -217,6 +217,7 @@ ACCOUNTS = [
     ("40960", "Sales Discounts (no direct posting)", "Income", "Income, Other", "Posting", False, False),
     ("22150", "Gift Card Liability", "Liabilities", "Current Liabilities", "Posting", True, False),
     ("22300", "Tips Payable to Staff", "Liabilities", "Current Liabilities", "Posting", True, False),
+    ("22500", "Sales Taxes Payable", "Liabilities", "Current Liabilities", "Posting", True, False),
 ]
 
 CURRENCY_NAMES = {
@@ -253,6 +254,7 @@ ACCOUNT_TAX_GROUPS = {
     "40100": ("FURNITURE", "STANDARD"), "40250": ("SERVICES", "STANDARD"),
     "40400": ("FREIGHT", "STANDARD"), "40900": ("NONTAXABLE", "NONTAXABLE"),
     "22150": ("NONTAXABLE", "NONTAXABLE"), "22300": ("NONTAXABLE", "NONTAXABLE"),
+    "22500": ("NONTAXABLE", "NONTAXABLE"),
 }
 # customers whose seeded tax area differs from the fixture's "ATLANTA, GA"
 CUSTOMER_TAX_AREAS = {"20000": "MARIETTA, GA"}

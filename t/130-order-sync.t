@@ -274,6 +274,48 @@ like dead_letters(), qr/no longer open \(salesInvoice/,
         'the SKU is booked as the item the table names';
 }
 
+# --- 9. presentment money, and Shopify's tax as lines -------------------
+{
+    my $stream2 = "$stream:b";
+    my $db2 = create_database('e2e_order_sync_b');
+    my $nginx2 = start_nginx(stream => $stream2);
+    my $w2 = start_worker(database => $db2, stream => $stream2,
+        company => $COMPANY, shipping_account => $SHIPPING, name => 'w2',
+        env => { BC365_ORDER_MONEY => 'presentment',
+                 BC365_TAX_POLICY => 'line', BC365_TAX_ACCOUNT => '22500' });
+    for my $name ('orders-create-multicurrency.json',
+                  'orders-create-discounts.json') {
+        my $h = fixture_headers($name);
+        is deliver($nginx2, fixture($name),
+                   map { $_ => $h->{$_} } grep { /^X-Shopify-(?!Hmac)/ }
+                   keys %$h), 200, "$name delivered to the second worker";
+    }
+    my %by;
+    wait_until('both orders in BC', 30, sub {
+        %by = map { $_->{order}{externalDocumentNumber} => $_ }
+              @{ sandbox_orders() };
+        $by{'SHOPIFY-6021450022001'} && $by{'SHOPIFY-6021450011002'};
+    });
+    my $mc = $by{'SHOPIFY-6021450022001'};
+    is $mc->{companyId}, 'a3e0c5d2-6f41-4b8e-9d27-c15e8b04f9a6',
+        'presentment: the EUR shop still books in its company';
+    is $mc->{order}{currencyCode}, 'USD', 'presentment: in the currency paid';
+    is sprintf('%.2f', $mc->{order}{totalAmountIncludingTax}), '1873.83',
+        "presentment: BC's total = Shopify's presentment total 1873.83"
+        . ' (not 1731.00 converted)';
+    my $dc = $by{'SHOPIFY-6021450011002'}{order};
+    is sprintf('%.2f', $dc->{totalAmountIncludingTax}), '1227.47',
+        "tax as lines: BC's total = Shopify's 1227.47, no variance needed";
+    is sprintf('%.2f', $dc->{totalTaxAmount}), '0.00',
+        'tax as lines: BC adds no tax of its own';
+    is join(',', map { "$_->{description}=" . sprintf('%.2f', $_->{unitPrice}) }
+                 grep { $_->{lineObjectNumber} eq '22500' }
+                 @{ $dc->{salesOrderLines} }),
+        'GA State Tax=46.32,Cobb County Tax=23.17',
+        "tax as lines: Shopify's tax lines on the tax account";
+    stop_worker($w2);
+}
+
 is redis('XPENDING', $stream, 'bc-sync') =~ /^0/ ? 0 : 1, 0,
     'every stream entry acknowledged';
 
