@@ -1064,7 +1064,8 @@ sbw_buf_money(sbw_buf_t *b, int64_t cents)
 
 /*
  * One line as a JSON object: the whole line, or (amounts_only) the body
- * of a PATCH that changes its quantity, price, discount and tax code.
+ * of a PATCH that changes its description, quantity, price, discount and
+ * tax code.
  */
 static void
 sbw_buf_line(sbw_buf_t *b, const sbw_bc_line_t *l, int amounts_only)
@@ -1093,10 +1094,12 @@ sbw_buf_line(sbw_buf_t *b, const sbw_bc_line_t *l, int amounts_only)
 
         sbw_buf_str(b, ",\"lineObjectNumber\":");
         sbw_buf_json_string(b, l->number);
-        sbw_buf_str(b, ",\"description\":");
-        sbw_buf_json_string(b, l->description);
         sbw_buf_str(b, ",");
     }
+
+    sbw_buf_str(b, "\"description\":");
+    sbw_buf_json_string(b, l->description);
+    sbw_buf_str(b, ",");
 
     snprintf(num, sizeof(num), "\"quantity\":%lld", (long long) l->quantity);
     sbw_buf_str(b, num);

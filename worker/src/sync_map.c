@@ -180,14 +180,14 @@ sbw_line_matches(const json_t *bc, const sbw_bc_line_t *l)
 
 
 /*
- * Same quantity, unit price, discount and (when the worker sets one) tax
- * code.
+ * Same description, quantity, unit price, discount and (when the worker
+ * sets one) tax code.
  */
 static int
 sbw_line_same(const json_t *bc, const sbw_bc_line_t *l)
 {
     int64_t      q, p, d;
-    const char  *tax;
+    const char  *tax, *desc;
 
     if (sbw_cents_of(json_object_get(bc, "quantity"), &q) != 0
         || sbw_cents_of(json_object_get(bc, "unitPrice"), &p) != 0
@@ -197,6 +197,14 @@ sbw_line_same(const json_t *bc, const sbw_bc_line_t *l)
     }
 
     if (q != l->quantity * 100 || p != l->unit_price || d != l->discount) {
+        return 0;
+    }
+
+    desc = json_string_value(json_object_get(bc, "description"));
+
+    if (desc == NULL || l->description == NULL
+        || strcmp(desc, l->description) != 0)
+    {
         return 0;
     }
 

@@ -508,6 +508,16 @@ test_sync_plan(void **state)
     assert_int_equal(ops[1].op, SBW_OP_PATCH);
     assert_string_equal(ops[1].bc_line_id, "line-2");
 
+    /* a new description alone is a PATCH too */
+    json_object_set_new(json_array_get(bc, 3), "description",
+                        json_string("Old shipping name"));
+    assert_int_equal(sbw_sync_plan(bc, &edited, "40900", ops, 16, &n), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(ops[2].op, SBW_OP_PATCH);
+    assert_string_equal(ops[2].bc_line_id, "line-3");
+    json_object_set_new(json_array_get(bc, 3), "description",
+                        json_string("Standard Shipping"));
+
     /* another item in BC's first place: replaced */
     json_object_set_new(json_array_get(bc, 1), "lineObjectNumber",
                         json_string("1906-S"));
@@ -558,7 +568,8 @@ test_line_payloads(void **state)
     free(p);
 
     p = sbw_order_line_payload(&o.lines[1], 1);
-    assert_string_equal(p, "{\"quantity\":2,\"unitPrice\":1000.80,"
+    assert_string_equal(p, "{\"description\":\"ATHENS Desk\","
+                        "\"quantity\":2,\"unitPrice\":1000.80,"
                         "\"discountAmount\":0.00}");
     free(p);
 
