@@ -125,6 +125,28 @@ wait_until('late edit after cancel seen', 30, sub {
 } );
 is scalar @{ bc_orders_of($a) }, 0, 'A: a late edit does not bring it back';
 
+# an orders/updated that changes nothing BC holds (Shopify sends one for
+# every payment or tag change): one read, no write
+{
+    my $k = $base_id + 11;
+    send_as($k, 'create');
+    wait_until('order K created', 30, sub { @{ bc_orders_of($k) } == 1 });
+    ($body{same} = $body{create})
+        =~ s/"updated_at":"2026-03-16T10:12:33-04:00"/"updated_at":"2026-03-16T11:00:00-04:00"/
+        or die 'fixture changed';
+    $topic{same} = 'orders/updated';
+    my $since = sandbox_call('GET', '/_sandbox/requests')->{last};
+    send_as($k, 'same');
+    wait_until('K: the no-change edit applied', 30,
+               sub { sync_row($k)->[2] eq '2026-03-16 15:00:00' });
+    my @calls = map { "$_->{method} " . ($_->{path} =~ m{/([^/]+)$})[0] }
+        grep { $_->{path} =~ /salesOrders/ }
+        @{ sandbox_call('GET', "/_sandbox/requests?since=$since")->{value} };
+    is scalar(@calls), 1, 'K: an edit without changes costs one BC read'
+        . " (@calls)";
+    like $calls[0] // '', qr/^GET salesOrders\(/, 'K: the read of the order';
+}
+
 # --- 2. the edit before the create ------------------------------------
 my $b = $base_id + 2;
 send_as($b, 'updated');

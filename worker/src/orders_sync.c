@@ -711,7 +711,8 @@ sbw_sync_reconcile(sbw_sync_t *s, int64_t order_id, const char *bc_id,
                                             "totalAmountIncludingTax"),
                             &total) == 0)
         {
-            lines = NULL;
+            /* the lines, when the answer has them ($expand) */
+            lines = json_object_get(answer, "salesOrderLines");
 
         } else {
             got = sbw_sync_get_order(s, bc_id, r, &bc_order);
@@ -1194,7 +1195,9 @@ sbw_sync_update(sbw_sync_t *s, int64_t order_id, const sbw_bc_order_t *o,
         return;
     }
 
-    sbw_sync_reconcile(s, order_id, bc_id, o, NULL, r);
+    /* nothing changed: the order just read holds BC's current total */
+    sbw_sync_reconcile(s, order_id, bc_id, o, nops == 0 ? bc_order : NULL,
+                       r);
 
     if (r->action == SBW_SYNC_ACK) {
         sbw_metrics_order_sync("updated");
