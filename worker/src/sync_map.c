@@ -228,6 +228,7 @@ sbw_line_same(const json_t *bc, const sbw_bc_line_t *l)
  * Returns 0 with the ops in ops[0..*nops), -1 when more than maxops are
  * needed or the BC answer is malformed.
  */
+/* TODO: lines a person added to the open BC order are deleted as leftovers */
 int
 sbw_sync_plan(const json_t *bc_lines, const sbw_bc_order_t *o,
     const char *rounding_account, sbw_sync_op_t *ops, size_t maxops,
