@@ -221,6 +221,7 @@ ACCOUNTS = [
     ("40960", "Sales Discounts (no direct posting)", "Income", "Income, Other", "Posting", False, False),
     ("22150", "Gift Card Liability", "Liabilities", "Current Liabilities", "Posting", True, False),
     ("22300", "Tips Payable to Staff", "Liabilities", "Current Liabilities", "Posting", True, False),
+    ("22500", "Sales Taxes Payable", "Liabilities", "Current Liabilities", "Posting", True, False),
 ]
 
 CURRENCY_NAMES = {
@@ -238,6 +239,50 @@ COMPANY_DEFS = [
      "currencies": ["CHF", "DKK", "GBP", "USD"]},
 ]
 ORDER_BASE, SHIPMENT_BASE, INVOICE_BASE = 101000, 102000, 103000
+
+# Tax set-up of each company, as BC holds it.  The US company uses US sales
+# tax: a tax area lists jurisdictions, each with a rate per tax group; the
+# customer's tax area (copied to the order) decides which apply.  The EUR
+# company uses VAT: the rate comes from the line's VAT product posting group
+# (the line's taxCode).  Each company also knows NONTAXABLE (0 %).  The
+# control API (POST /_sandbox/tax) replaces a company's areas or rates.
+US_TAX_AREAS = {
+    "ATLANTA, GA": [("GA", "GA State Tax", {"FURNITURE": "4", "FREIGHT": "4", "SERVICES": "4"})],
+    "MARIETTA, GA": [("GA", "GA State Tax", {"FURNITURE": "4", "FREIGHT": "4", "SERVICES": "4"}),
+                     ("GACOBB", "Cobb County Tax", {"FURNITURE": "2", "FREIGHT": "2", "SERVICES": "2"})],
+}
+US_TAX_GROUPS = ["FURNITURE", "FREIGHT", "SERVICES", "NONTAXABLE"]
+EU_VAT_RATES = {"STANDARD": "19", "REDUCED": "7", "NONTAXABLE": "0"}
+# tax group (US) / VAT product posting group (EUR) of each seeded G/L account
+ACCOUNT_TAX_GROUPS = {
+    "40100": ("FURNITURE", "STANDARD"), "40250": ("SERVICES", "STANDARD"),
+    "40400": ("FREIGHT", "STANDARD"), "40900": ("NONTAXABLE", "NONTAXABLE"),
+    "22150": ("NONTAXABLE", "NONTAXABLE"), "22300": ("NONTAXABLE", "NONTAXABLE"),
+    "22500": ("NONTAXABLE", "NONTAXABLE"),
+}
+# customers whose seeded tax area differs from the fixture's "ATLANTA, GA"
+CUSTOMER_TAX_AREAS = {"20000": "MARIETTA, GA"}
+# what a customer created through the API gets (BC's customer template)
+NEW_CUSTOMER_TAX_AREA = "ATLANTA, GA"
+
+# per company id: {"type": "Sales Tax"|"VAT", "areas": {...}, "groups": {...}}
+# TODO: changes made through the control API are not kept in --state-file
+TAX = {}
+
+
+def default_tax(lcy):
+    if lcy == "USD":
+        areas = {code: [(j, name, {g: Decimal(r) for g, r in rates.items()}) for j, name, rates in juris]
+                 for code, juris in US_TAX_AREAS.items()}
+        return {"type": "Sales Tax", "areas": areas, "groups": {g: None for g in US_TAX_GROUPS}}
+    return {"type": "VAT", "areas": {}, "groups": {g: Decimal(r) for g, r in EU_VAT_RATES.items()}}
+
+
+def tax_view(t):
+    return {"type": t["type"],
+            "areas": {code: [{"jurisdiction": j, "name": n, "rates": dict(r)} for j, n, r in juris]
+                      for code, juris in t["areas"].items()},
+            "groups": {g: r for g, r in t["groups"].items()}}
 
 
 def load_seed(fixtures_dir):
@@ -280,6 +325,25 @@ class Company:
                 cu["@odata.etag"] = new_etag()
                 cu["currencyCode"] = self.lcy  # blank currency = local currency of this company
             self.customers[cu["number"]] = cu
+        self.tax = default_tax(self.lcy)
+        TAX[self.id] = self.tax
+        self.tax_areas = collections.OrderedDict()
+        for code in self.tax["areas"]:
+            self.tax_areas[code] = {"@odata.etag": new_etag(), "id": did(self.id, "taxArea", code), "code": code,
+                                    "displayName": code, "taxType": self.tax["type"],
+                                    "lastModifiedDateTime": created}
+        for it in self.items.values():
+            if self.tax["type"] == "VAT":
+                it["taxGroupCode"] = "STANDARD"
+                it["taxGroupId"] = did(self.id, "taxGroup", "STANDARD")
+        for cu in self.customers.values():
+            if self.tax["type"] == "VAT":
+                cu["taxAreaId"], cu["taxAreaDisplayName"] = ZERO_GUID, ""
+            else:
+                area = CUSTOMER_TAX_AREAS.get(cu["number"], cu.get("taxAreaDisplayName", ""))
+                if area in self.tax_areas:
+                    cu["taxAreaId"], cu["taxAreaDisplayName"] = self.tax_areas[area]["id"], area
+        self.customer_seq = 0
         self.payment_terms = {c.get("paymentTermsId") for c in self.customers.values()}
         self.shipment_methods = {c.get("shipmentMethodId") for c in self.customers.values()}
         self.accounts = collections.OrderedDict()
@@ -291,6 +355,7 @@ class Company:
                 "consolidationTranslationMethod": "Average Rate (Manual)",
                 "consolidationDebitAccount": "", "consolidationCreditAccount": "",
                 "excludeFromConsolidation": False, "lastModifiedDateTime": created,
+                "_taxGroup": ACCOUNT_TAX_GROUPS.get(no, ("", ""))[0 if self.lcy == "USD" else 1],
             }
         self.currencies = collections.OrderedDict()
         for code in cdef["currencies"]:
@@ -330,10 +395,18 @@ class Company:
             return ZERO_GUID
         return self.currencies[code]["id"]
 
+    def area_of(self, customer):
+        """The tax area code an order of this customer gets ("" = none)."""
+        if self.tax["type"] != "Sales Tax" or not customer.get("taxLiable", False):
+            return ""
+        return customer.get("taxAreaDisplayName", "") if customer.get("taxAreaDisplayName") in self.tax_areas \
+            else ""
+
     def dump(self):
+        created = [c for c in self.customers.values() if c.get("_created")]
         return {"orders": list(self.orders.values()), "invoices": list(self.invoices.values()),
                 "shipments": list(self.shipments.values()), "posted": dict(self.posted),
-                "counters": self.counters}
+                "counters": self.counters, "customers": created, "customer_seq": self.customer_seq}
 
     def restore(self, d):
         self.orders = collections.OrderedDict((o["id"], o) for o in d.get("orders", []))
@@ -341,6 +414,9 @@ class Company:
         self.shipments = collections.OrderedDict((o["id"], o) for o in d.get("shipments", []))
         self.posted = collections.OrderedDict(d.get("posted", {}))
         self.counters.update(d.get("counters", {}))
+        for cu in d.get("customers", []):
+            self.customers[cu["number"]] = cu
+        self.customer_seq = d.get("customer_seq", 0)
 
 
 # ---------------------------------------------------------------------------
@@ -467,7 +543,9 @@ def d0():
     return Decimal(0)
 
 
-def compute_line(line, prices_incl):
+def compute_line(line):
+    """The line amount: quantity x unit price - line discount (including
+    tax when the order's prices include it)."""
     gross = r2(line["quantity"] * line["unitPrice"])
     if line["_discountGiven"] == "amount":
         disc = r2(line["discountAmount"])
@@ -481,25 +559,41 @@ def compute_line(line, prices_incl):
     line["discountAmount"] = disc
     line["discountPercent"] = r5(disc * 100 / gross) if gross != 0 and line["_discountGiven"] == "amount" \
         else (line["discountPercent"] if line["_discountGiven"] == "percent" else d0())
-    amount = gross - disc
-    # TODO: tax calculation (sales tax / VAT per tax area and group); until then every line carries 0 tax.
-    tax = d0()
-    if prices_incl:
-        line["amountIncludingTax"] = amount
-        line["amountExcludingTax"] = amount - tax
-    else:
-        line["amountExcludingTax"] = amount
-        line["amountIncludingTax"] = amount + tax
-    line["totalTaxAmount"] = tax
-    line["taxPercent"] = d0()
+    line["_amount"] = gross - disc
+
+
+def tax_parts(tax, area, group):
+    """(key, rate %) pairs that apply to a line of this tax group: one per
+    jurisdiction of the order's tax area (sales tax), or the VAT rate of
+    the VAT product posting group."""
+    if tax is None or not group:
+        return []
+    if tax["type"] == "VAT":
+        rate = tax["groups"].get(group)
+        return [("VAT:" + group, rate)] if rate else []
+    parts = []
+    for jur, _name, rates in tax["areas"].get(area, []):
+        rate = rates.get(group)
+        if rate:
+            parts.append((jur, rate))
+    return parts
 
 
 def recompute_order(order):
+    """Amounts, invoice discount and tax of an order, as BC calculates them.
+
+    Tax is calculated on the amounts after the invoice discount and rounded
+    once per document and key: per jurisdiction for US sales tax (the sum
+    of the taxable amounts of the jurisdiction times its rate, rounded
+    once), per VAT rate for VAT.  With prices including tax the tax is the
+    gross minus the gross divided by (1 + rate), rounded once.  Each key's
+    tax is then spread over its lines by running remainder, so the line
+    taxes add up to the document's exactly."""
     lines = order["_lines"]
     prices_incl = order["pricesIncludeTax"]
     for ln in lines:
-        compute_line(ln, prices_incl)
-    base = sum((ln["amountExcludingTax"] for ln in lines), d0())
+        compute_line(ln)
+    base = sum((ln["_amount"] for ln in lines), d0())
     disc = r2(order["discountAmount"])
     if disc and base and abs(disc) > abs(base):
         raise ApiError(400, "Application_DialogException",
@@ -507,17 +601,49 @@ def recompute_order(order):
     # spread the invoice discount over the lines by amount, largest remainder
     alloc = [d0()] * len(lines)
     if disc and base:
-        raw = [ln["amountExcludingTax"] * disc / base for ln in lines]
+        raw = [ln["_amount"] * disc / base for ln in lines]
         alloc = [r.quantize(CENT, rounding="ROUND_DOWN") for r in raw]
         rest = int((disc - sum(alloc, d0())) / CENT)
         order_idx = sorted(range(len(lines)), key=lambda i: raw[i] - alloc[i], reverse=True)
         for i in order_idx[:max(rest, 0)]:
             alloc[i] += CENT
-    for ln, a in zip(lines, alloc):
+    net = [ln["_amount"] - a for ln, a in zip(lines, alloc)]
+    tax = TAX.get(order.get("_companyId"))
+    area = order.get("_taxArea", "")
+    keys = collections.OrderedDict()
+    rates = [d0()] * len(lines)
+    for i, ln in enumerate(lines):
+        for key, rate in tax_parts(tax, area, ln.get("taxCode", "")):
+            keys.setdefault(key, (rate, []))[1].append(i)
+            rates[i] += rate
+    line_tax = [d0()] * len(lines)
+    for key, (rate, idx) in keys.items():
+        total = sum((net[i] for i in idx), d0())
+        if prices_incl:
+            t = total - r2(total * 100 / (100 + rate))
+        else:
+            t = r2(total * rate / 100)
+        acc_base, acc_tax = d0(), d0()
+        for i in idx:
+            acc_base += net[i]
+            share = r2(t * acc_base / total) if total else d0()
+            line_tax[i] += share - acc_tax
+            acc_tax = share
+    for ln, a, n, t, rate in zip(lines, alloc, net, line_tax, rates):
         ln["invoiceDiscountAllocation"] = a
-        ln["netAmount"] = ln["amountExcludingTax"] - a
-        ln["netTaxAmount"] = ln["totalTaxAmount"]
-        ln["netAmountIncludingTax"] = ln["netAmount"] + ln["netTaxAmount"]
+        ln["totalTaxAmount"] = t
+        ln["netTaxAmount"] = t
+        ln["taxPercent"] = rate
+        if prices_incl:
+            ln["amountIncludingTax"] = ln["_amount"]
+            ln["amountExcludingTax"] = ln["_amount"] - t
+            ln["netAmountIncludingTax"] = n
+            ln["netAmount"] = n - t
+        else:
+            ln["amountExcludingTax"] = ln["_amount"]
+            ln["amountIncludingTax"] = ln["_amount"] + t
+            ln["netAmount"] = n
+            ln["netAmountIncludingTax"] = n + t
     order["discountAmount"] = disc
     order["totalAmountExcludingTax"] = sum((ln["netAmount"] for ln in lines), d0())
     order["totalTaxAmount"] = sum((ln["netTaxAmount"] for ln in lines), d0())
@@ -639,7 +765,7 @@ def build_line(company, order, raw, default_seq, used_seqs):
         "discountPercent": v.get("discountPercent", d0()),
         "discountAppliedBeforeTax": False,
         "amountExcludingTax": d0(),
-        "taxCode": v.get("taxCode", item.get("taxGroupCode", "") if item is not None else ""),
+        "taxCode": line_tax_code(company, v, item, account, is_comment),
         "taxPercent": d0(),
         "totalTaxAmount": d0(),
         "amountIncludingTax": d0(),
@@ -657,6 +783,28 @@ def build_line(company, order, raw, default_seq, used_seqs):
         "_discountGiven": given,
     }
     return line
+
+
+def line_tax_code(company, v, item, account, is_comment):
+    """The tax group (US) or VAT product posting group of a line: as given,
+    else the item's or G/L account's; it must exist in the company."""
+    if is_comment:
+        return ""
+    if "taxCode" in v:
+        code = v["taxCode"]
+    elif item is not None:
+        code = item.get("taxGroupCode", "")
+    elif account is not None:
+        code = account.get("_taxGroup", "")
+    else:
+        code = ""
+    if code and code not in company.tax["groups"]:
+        field, table = ("Tax Group Code", "Tax Group") if company.tax["type"] == "Sales Tax" \
+            else ("VAT Prod. Posting Group", "VAT Product Posting Group")
+        raise ApiError(400, "Internal_InvalidTableRelation",
+                       "The field %s of table Sales Line contains a value (%s) that cannot be found in the related "
+                       "table (%s)." % (field, code, table))
+    return code
 
 
 def line_object(table, given, number, kind):
@@ -789,7 +937,10 @@ def build_order(company, body):
         "phoneNumber": v.get("phoneNumber", customer.get("phoneNumber", "")),
         "email": v.get("email", customer.get("email", "")),
         "_lines": [],
+        "_companyId": company.id,
+        "_taxArea": company.area_of(customer),
     }
+    check_prices_incl(company, order)
     lines_raw = body.get("salesOrderLines", [])
     if lines_raw is None:
         lines_raw = []
@@ -804,6 +955,96 @@ def build_order(company, body):
     order["_lines"].sort(key=lambda l: l["sequence"])
     recompute_order(order)
     return order
+
+
+CUSTOMER_FIELDS = [
+    ("displayName", "text", 100), ("type", "enum", None), ("addressLine1", "text", 100),
+    ("addressLine2", "text", 50), ("city", "text", 30), ("state", "text", 30), ("country", "code", 10),
+    ("postalCode", "code", 20), ("phoneNumber", "text", 30), ("email", "text", 80), ("website", "text", 80),
+    ("taxLiable", "bool", None), ("taxAreaId", "guid", None), ("taxRegistrationNumber", "text", 20),
+    ("currencyId", "guid", None), ("currencyCode", "code", 10), ("paymentTermsId", "guid", None),
+    ("shipmentMethodId", "guid", None), ("paymentMethodId", "guid", None), ("blocked", "enum", None),
+    ("number", "code", 20), ("salespersonCode", "code", 20),
+]
+CUSTOMER_READONLY = {"id", "taxAreaDisplayName", "balanceDue", "lastModifiedDateTime"}
+EMAIL_RE = re.compile(r"^[^@\s;,]+@[^@\s;,]+\.[^@\s;,]+$")
+PHONE_BAD_RE = re.compile(r"[A-Za-z]")
+
+
+def build_customer(company, body):
+    """POST customers: validated like BC's customer API page, numbered from
+    the customer number series (C00010, C00020, ...), with what BC's
+    customer template gives a new customer: the company's currency, the
+    payment terms of the seeded customers, taxable in the default tax area
+    (US sales tax)."""
+    check_properties(body, CUSTOMER_FIELDS, CUSTOMER_READONLY, "customer")
+    v = {}
+    for name, kind, maxlen in CUSTOMER_FIELDS:
+        if name in body:
+            v[name] = coerce(name, kind, maxlen, body[name])
+    if v.get("type", "Company") not in ("Company", "Person"):
+        raise ApiError(400, "BadRequest", "The value '%s' is not valid for the enumeration type "
+                       "'Microsoft.NAV.contactType'." % v["type"])
+    if v.get("blocked", " ") not in (" ", "", "Ship", "Invoice", "All"):
+        raise ApiError(400, "BadRequest", "The value '%s' is not valid for the enumeration type "
+                       "'Microsoft.NAV.customerBlocked'." % v["blocked"])
+    if v.get("email") and not EMAIL_RE.match(v["email"]):
+        raise ApiError(400, "Application_DialogException",
+                       'The email address "%s" is not valid.' % v["email"])
+    if v.get("phoneNumber") and PHONE_BAD_RE.search(v["phoneNumber"]):
+        raise ApiError(400, "Application_DialogException",
+                       "Phone No. must not contain letters in Customer  No.=''.")
+    area_id = v.get("taxAreaId")
+    area = None
+    if area_id is not None and area_id != ZERO_GUID:
+        area = next((a for a in company.tax_areas.values() if a["id"] == area_id), None)
+        if area is None:
+            raise ApiError(400, "Application_DialogException", 'The "taxAreaId" does not match to a Tax Area.')
+    elif area_id is None and NEW_CUSTOMER_TAX_AREA in company.tax_areas:
+        area = company.tax_areas[NEW_CUSTOMER_TAX_AREA]
+    code = v.get("currencyCode", "")
+    if code not in ("", company.lcy) and code not in company.currencies:
+        raise ApiError(400, "Application_DialogException", 'The "currencyCode" does not match to a Currency.')
+    if "number" in v:
+        number = v["number"]
+        if number in company.customers:
+            raise ApiError(409, "Internal_EntityWithSameKeyExists",
+                           "The record in table Customer already exists. Identification fields and values: "
+                           "No.='%s'" % number)
+    else:
+        company.customer_seq += 1
+        number = "C%05d" % (company.customer_seq * 10)
+        while number in company.customers:
+            company.customer_seq += 1
+            number = "C%05d" % (company.customer_seq * 10)
+    template = next(iter(company.customers.values()))
+    now = iso_ms()
+    cu = {
+        "@odata.etag": new_etag(), "id": str(uuid.uuid4()), "number": number,
+        "displayName": v.get("displayName", ""), "type": v.get("type", "Company"),
+        "addressLine1": v.get("addressLine1", ""), "addressLine2": v.get("addressLine2", ""),
+        "city": v.get("city", ""), "state": v.get("state", ""), "country": v.get("country", ""),
+        "postalCode": v.get("postalCode", ""), "phoneNumber": v.get("phoneNumber", ""),
+        "email": v.get("email", ""), "website": v.get("website", ""),
+        "salespersonCode": v.get("salespersonCode", ""), "balanceDue": d0(), "creditLimit": d0(),
+        "taxLiable": v.get("taxLiable", company.tax["type"] == "Sales Tax"),
+        "taxAreaId": area["id"] if area else ZERO_GUID, "taxAreaDisplayName": area["code"] if area else "",
+        "taxRegistrationNumber": v.get("taxRegistrationNumber", ""),
+        "currencyId": company.currency_id(code) if code else ZERO_GUID, "currencyCode": code or company.lcy,
+        "paymentTermsId": v.get("paymentTermsId", template.get("paymentTermsId", ZERO_GUID)),
+        "shipmentMethodId": v.get("shipmentMethodId", template.get("shipmentMethodId", ZERO_GUID)),
+        "paymentMethodId": v.get("paymentMethodId", template.get("paymentMethodId", ZERO_GUID)),
+        "blocked": v.get("blocked", " "), "lastModifiedDateTime": now, "_created": True,
+    }
+    company.customers[number] = cu
+    return {k: x for k, x in cu.items() if not k.startswith("_")}
+
+
+def check_prices_incl(company, order):
+    # BC: prices including tax cannot be combined with US sales tax
+    if order["pricesIncludeTax"] and company.tax["type"] == "Sales Tax":
+        raise ApiError(400, "Application_DialogException",
+                       "Prices Including Tax cannot be used when the tax calculation type is Sales Tax.")
 
 
 def line_view(ln):
@@ -1498,6 +1739,7 @@ class Sandbox:
                                    "Code"), "postalCode": (20, "Post Code"), "currencyCode": (10, "Currency Code")}),
         "accounts": EntitySetSpec("account", "G/L Account", {"number": (20, "No.")}),
         "currencies": EntitySetSpec("currency", "Currency", {"code": (10, "Code")}),
+        "taxAreas": EntitySetSpec("taxArea", "Tax Area", {"code": (20, "Code")}),
         "salesOrders": EntitySetSpec("salesOrder", "Sales Order Entity Buffer", {
             "externalDocumentNumber": (35, "External Document No."), "number": (20, "No."),
             "customerNumber": (20, "Sell-to Customer No."), "currencyCode": (10, "Currency Code"),
@@ -1529,9 +1771,13 @@ class Sandbox:
 
     def company_route(self, method, company, parsed, params, body, cctx, headers):
         name, key = parsed[0]
-        if name in ("items", "customers", "accounts", "currencies"):
+        if name in ("items", "customers", "accounts", "currencies", "taxAreas"):
             table = {"items": company.items, "customers": company.customers, "accounts": company.accounts,
-                     "currencies": company.currencies}[name]
+                     "currencies": company.currencies, "taxAreas": company.tax_areas}[name]
+            if name == "customers" and method == "POST" and key is None and len(parsed) == 1:
+                cu = build_customer(company, body)
+                self.touch()
+                return self.entity_response(cu, params, cctx + "/customers/$entity", None, status=201)
             if method != "GET" or len(parsed) > 1:
                 raise ApiError(405, "BadRequest_MethodNotAllowed", "This sandbox serves '%s' read-only." % name)
             rows = list(table.values())
@@ -1579,6 +1825,7 @@ class Sandbox:
                 return self.patch_order(company, doc, body, headers, params, cctx, expander)
             if name == "salesOrders" and method == "DELETE":
                 self.check_if_match(doc, headers, required=False)
+                self.check_open(doc)
                 del company.orders[doc["id"]]
                 self.touch()
                 return 204, None, []
@@ -1598,6 +1845,7 @@ class Sandbox:
             if method == "GET":
                 return self.list_response([line_view(l) for l in lines], params, self.SPECS[sub], lctx, None)
             if method == "POST" and name == "salesOrders":
+                self.check_open(doc)
                 ln = build_line(company, doc, body, (max([l["sequence"] for l in lines] or [0]) // 10000 + 1) * 10000,
                                 {l["sequence"] for l in lines})
                 saved = list(lines)
@@ -1621,11 +1869,16 @@ class Sandbox:
         if method == "GET":
             return self.entity_response(line_view(ln), params, lctx + "/$entity", None)
         if method == "DELETE" and name == "salesOrders":
+            self.check_if_match(ln, headers, required=False)
+            self.check_open(doc)
             lines.remove(ln)
             recompute_order(doc)
             doc["@odata.etag"] = new_etag()
+            doc["lastModifiedDateTime"] = iso_ms()
             self.touch()
             return 204, None, []
+        if method == "PATCH" and name == "salesOrders":
+            return self.patch_line(company, doc, ln, body, headers, params, lctx)
         raise ApiError(405, "BadRequest_MethodNotAllowed", "'%s' requests for '%s' are not allowed." % (method, sub))
 
     @staticmethod
@@ -1639,6 +1892,54 @@ class Sandbox:
         if im.strip() != "*" and im.strip() != doc["@odata.etag"]:
             raise ApiError(409, "Request_EntityChanged", "Another user has already changed the record.")
 
+    @staticmethod
+    def check_open(doc):
+        # the API's "Draft" is BC's Open status; "Open" is BC's Released
+        if doc.get("status") not in ("Draft", None):
+            raise ApiError(400, "Application_FieldValidationException",
+                           "Status must be equal to 'Open'  in Sales Header: Document Type=Order, No.=%s. Current "
+                           "value is 'Released'." % doc["number"])
+
+    def patch_line(self, company, doc, ln, body, headers, params, lctx):
+        """PATCH one line: needs the line's current ETag; the order must be
+        open (not released); the changed line is validated like a new one
+        and the order's amounts and tax are calculated again."""
+        self.check_if_match(ln, headers)
+        self.check_open(doc)
+        check_properties(body, LINE_FIELDS, LINE_READONLY, "salesOrderLine")
+        for k in ("lineType", "lineObjectNumber", "itemId", "accountId", "sequence", "documentId"):
+            if k in body and body[k] != ln.get(k):
+                raise ApiError(400, "Application_DialogException",
+                               'The value for "%s" cannot be modified.' % k)
+        raw = {k: v for k, v in line_view(ln).items() if k in {f[0] for f in LINE_FIELDS}
+               and k not in ("itemId", "accountId", "documentId", "sequence", "unitOfMeasureId",
+                             "itemVariantId", "locationId", "shipmentDate", "invoiceQuantity", "shipQuantity")}
+        raw.update(body)
+        if "discountAmount" in body:
+            raw.pop("discountPercent", None)
+        elif "discountPercent" in body:
+            raw.pop("discountAmount", None)
+        elif ln.get("_discountGiven") == "percent":
+            raw.pop("discountAmount", None)
+        elif ln.get("_discountGiven") != "amount":
+            raw.pop("discountAmount", None)
+            raw.pop("discountPercent", None)
+        others = {l["sequence"] for l in doc["_lines"] if l is not ln}
+        new = build_line(company, doc, raw, ln["sequence"], others)
+        new["id"] = ln["id"]
+        saved = list(doc["_lines"])
+        doc["_lines"] = [new if l is ln else l for l in doc["_lines"]]
+        try:
+            recompute_order(doc)
+        except ApiError:
+            doc["_lines"] = saved
+            recompute_order(doc)
+            raise
+        doc["@odata.etag"] = new_etag()
+        doc["lastModifiedDateTime"] = iso_ms()
+        self.touch()
+        return self.entity_response(line_view(new), params, lctx + "/$entity", None)
+
     def patch_order(self, company, doc, body, headers, params, cctx, expander):
         self.check_if_match(doc, headers)
         check_properties(body, ORDER_FIELDS, ORDER_READONLY, "salesOrder")
@@ -1649,9 +1950,11 @@ class Sandbox:
                     raise ApiError(400, "BadRequest_InvalidOperation", "The sandbox does not support changing '%s' "
                                    "on an existing order." % name)
                 changes[name] = coerce(name, kind, maxlen, body[name])
+        self.check_open(doc)
         backup = dict(doc)
         doc.update(changes)
         try:
+            check_prices_incl(company, doc)
             recompute_order(doc)
         except ApiError:
             doc.clear()
@@ -1788,6 +2091,36 @@ class Sandbox:
                     self.cfg.update(data)
                     self.limiter.cond.notify_all()
             return 200, dict(self.cfg)
+        if len(parts) == 2 and parts[0] == "tax":
+            # GET/POST /_sandbox/tax/{companyId}: the company's tax set-up;
+            # POST {"areas": {code: [{"jurisdiction","name","rates":{group: %}}]},
+            #       "groups": {group: % (VAT) or null}, "customers": {number: area}}
+            with self.lock:
+                company = self.company(parts[1])
+                if method == "POST":
+                    data = need_json()
+                    if not isinstance(data, dict) or set(data) - {"areas", "groups", "customers"}:
+                        raise ApiError(400, "BadRequest", "Send {areas, groups, customers}.")
+                    try:
+                        for code, juris in (data.get("areas") or {}).items():
+                            company.tax["areas"][code] = [(j["jurisdiction"], j.get("name", j["jurisdiction"]),
+                                                           {g: to_dec(r) for g, r in j["rates"].items()})
+                                                          for j in juris]
+                            company.tax_areas.setdefault(code, {
+                                "@odata.etag": new_etag(), "id": did(company.id, "taxArea", code), "code": code,
+                                "displayName": code, "taxType": company.tax["type"],
+                                "lastModifiedDateTime": iso_ms()})
+                        for g, r in (data.get("groups") or {}).items():
+                            company.tax["groups"][g] = None if r is None else to_dec(r)
+                    except (KeyError, TypeError, ValueError, AttributeError) as e:
+                        raise ApiError(400, "BadRequest", "Bad tax set-up: %r" % (e,))
+                    for number, area in (data.get("customers") or {}).items():
+                        cu = company.customers.get(number)
+                        if cu is None or area not in company.tax_areas:
+                            raise ApiError(400, "BadRequest", "Unknown customer or tax area: %s %s" % (number, area))
+                        cu["taxAreaId"], cu["taxAreaDisplayName"] = company.tax_areas[area]["id"], area
+                    self.touch()
+                return 200, plain(tax_view(company.tax))
         if parts == ["stats"] and method == "GET":
             return 200, {"principals": self.limiter.stats()}
         if parts == ["tokens", "revoke"] and method == "POST":

@@ -20,8 +20,8 @@ import urllib.request
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# the shapes the first mapping handles; the others may end as a recorded
-# error until the full mapping lands
+# every fixture order must reach BC, in its shop's company, with BC's
+# total equal to Shopify's
 MUST_SUCCEED = {
     "orders-create-basic.json",
     "orders-create-discounts.json",
@@ -29,6 +29,8 @@ MUST_SUCCEED = {
     "orders-create-long-name.json",
     "orders-create-guest-pos.json",
     "orders-create-large.json",
+    "orders-create-multicurrency.json",
+    "orders-create-no-sku.json",
 }
 
 
@@ -64,17 +66,24 @@ def bc_token(env):
         return json.load(r)["access_token"]
 
 
-def bc_order(env, token, bc_id, doc_type):
+def bc_get(env, token, path):
+    url = "%s/v2.0/%s/%s/api/v2.0/%s" % (
+        env["BC365_API_BASE"], env["BC365_TENANT_ID"],
+        env["BC365_ENVIRONMENT"], path)
+    req = urllib.request.Request(url, headers={
+        "Authorization": "Bearer " + token})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def bc_order(env, token, company, bc_id, doc_type):
     path = {"salesOrder": "salesOrders", "salesInvoice": "salesInvoices",
             "salesShipment": "salesShipments"}.get(doc_type, "salesOrders")
     lines = {"salesOrders": "salesOrderLines",
              "salesInvoices": "salesInvoiceLines",
              "salesShipments": "salesShipmentLines"}[path]
-    url = "%s/%s(%s)?$expand=%s" % (env["BC365_BASE_URL"], path, bc_id, lines)
-    req = urllib.request.Request(url, headers={
-        "Authorization": "Bearer " + token})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        doc = json.load(r)
+    doc = bc_get(env, token, "companies(%s)/%s(%s)?$expand=%s"
+                 % (company, path, bc_id, lines))
     return doc, doc.get(lines, [])
 
 
@@ -109,14 +118,21 @@ def main():
             "SELECT shopify_order_id, state, coalesce(bc_number, ''),"
             " coalesce(bc_id, ''), coalesce(bc_document_type, ''),"
             " coalesce(error_code, ''), coalesce(error_message, ''),"
-            " external_document_number"
-            " FROM bc_order_ledger WHERE shopify_order_id IN (%s)") % ids)}
-        done = [r for r in rows.values() if r[1] in ("created", "failed")]
+            " external_document_number, coalesce(s.bc_company_id, ''),"
+            " coalesce(s.totals_state, ''), coalesce(s.variance::text, ''),"
+            " coalesce(s.shopify_total::text, '')"
+            " FROM bc_order_ledger l LEFT JOIN bc_order_sync s"
+            " USING (shopify_order_id)"
+            " WHERE shopify_order_id IN (%s)") % ids)}
+        done = [r for r in rows.values() if r[1] == "failed"
+                or (r[1] == "created" and r[9] not in ("", "pending"))]
         if len(done) == len(orders):
             break
         time.sleep(0.5)
 
     token = bc_token(env)
+    companies = {c["id"]: c["name"]
+                 for c in bc_get(env, token, "companies")["value"]}
     failures = 0
     print()
     for name in sorted(orders, key=lambda n: orders[n][1]):
@@ -132,14 +148,22 @@ def main():
                                                    row[6]))
             failures += name in MUST_SUCCEED
             continue
-        doc, lines = bc_order(env, token, row[3], row[4])
+        company = row[8] or env["BC365_COMPANY_ID"]
+        doc, lines = bc_order(env, token, company, row[3], row[4])
         items = sum(1 for l in lines if l.get("lineType") == "Item")
         other = sum(1 for l in lines if l.get("lineType") == "Account")
-        print("%-40s -> BC sales order %s (%s), customer %s: %d item + "
-              "%d G/L lines, %.2f %s excl. tax"
-              % (shopify_name, row[2], row[7], doc.get("customerNumber", "?"),
-                 items, other, doc.get("totalAmountExcludingTax", 0),
-                 doc.get("currencyCode", "")))
+        total = "%.2f" % doc.get("totalAmountIncludingTax", 0)
+        print("%-40s -> BC sales order %s (%s) in %s, customer %s: %d item"
+              " + %d G/L lines, total %s %s incl. %.2f tax (Shopify %s%s)"
+              % (shopify_name, row[2], row[7], companies.get(company, company),
+                 doc.get("customerNumber", "?"), items, other, total,
+                 doc.get("currencyCode", ""), doc.get("totalTaxAmount", 0),
+                 row[11],
+                 ", rounding variance %s" % row[10]
+                 if row[9] == "variance" else ""))
+        if row[9] not in ("matched", "variance") or total != row[11]:
+            print("%-40s    totals: %s" % ("", row[9]))
+            failures += name in MUST_SUCCEED
 
     print()
     if failures:

@@ -136,7 +136,7 @@ sub basic_order {
             {lineType => 'Item', lineObjectNumber => '1900-S', quantity => 4, unitPrice => 192.80,
              description => 'PARIS Guest Chair'},
             {lineType => 'Account', lineObjectNumber => '40400', description => 'Standard Shipping',
-             quantity => 1, unitPrice => 49.00},
+             quantity => 1, unitPrice => 49.00, taxCode => 'NONTAXABLE'},
         ],
         %over,
     };
@@ -242,8 +242,8 @@ subtest 'deep insert creates header and lines with totals' => sub {
     is($j->{currencyCode}, 'USD', 'local currency shown as the LCY code');
     is($j->{status}, 'Draft', 'new order is Draft');
     is(sprintf('%.2f', $j->{totalAmountExcludingTax}), '2821.80', 'totalAmountExcludingTax');
-    is($j->{totalTaxAmount}, 0, 'tax 0 (not computed yet)');
-    is(sprintf('%.2f', $j->{totalAmountIncludingTax}), '2821.80', 'totalAmountIncludingTax');
+    is(sprintf('%.2f', $j->{totalTaxAmount}), '110.91', 'GA sales tax 4 % of the items');
+    is(sprintf('%.2f', $j->{totalAmountIncludingTax}), '2932.71', 'totalAmountIncludingTax');
     my @l = @{ $j->{salesOrderLines} || [] };
     is(scalar @l, 3, 'three lines');
     is_deeply([map { $_->{sequence} } @l], [10000, 20000, 30000], 'sequences');
@@ -352,9 +352,10 @@ subtest 'money is exact decimal: large amounts are not rounded' => sub {
     # written by hand: Perl would turn the amounts into doubles
     my $body = '{"customerNumber":"10000","externalDocumentNumber":"BIG-1",'
         . '"salesOrderLines":[{"lineType":"Account","lineObjectNumber":"40400",'
-        . '"quantity":3,"unitPrice":333333333333333.33,"discountAmount":0.01},'
+        . '"quantity":3,"unitPrice":333333333333333.33,"discountAmount":0.01,'
+        . '"taxCode":"NONTAXABLE"},'
         . '{"lineType":"Account","lineObjectNumber":"40400","quantity":1,'
-        . '"unitPrice":0.01}]}';
+        . '"unitPrice":0.01,"taxCode":"NONTAXABLE"}]}';
     my ($st, $j, $r) = bc('POST', $SO, body => $body,
                           query => {'$expand' => 'salesOrderLines'});
     is($st, 201, 'created');
@@ -413,6 +414,122 @@ subtest 'PATCH needs a current If-Match' => sub {
     isnt($j->{'@odata.etag'}, $first->{'@odata.etag'}, 'new ETag');
 };
 
+# ---------------------------------------------------------------- tax
+subtest 'US sales tax: rounded once per jurisdiction over the document' => sub {
+    # fixture #1044: customer 20000 is in Marietta (GA 4 % + Cobb County 2 %)
+    my ($st, $j) = bc('POST', $SO, query => {'$expand' => 'salesOrderLines'}, body => {
+        customerNumber => '20000',
+        salesOrderLines => [
+            {lineType => 'Item', lineObjectNumber => '1906-S', quantity => 2, unitPrice => 281.40,
+             discountAmount => 84.42},
+            {lineType => 'Item', lineObjectNumber => '1908-S', quantity => 3, unitPrice => 190.10,
+             discountAmount => 134.02},
+            {lineType => 'Item', lineObjectNumber => '1928-S', quantity => 5, unitPrice => 54.90,
+             discountAmount => 41.18},
+            {lineType => 'Account', lineObjectNumber => '40400', quantity => 1, unitPrice => 15,
+             discountAmount => 5},
+        ]});
+    is($st, 201, 'created');
+    # 1157.98 x 4 % = 46.3192 -> 46.32; x 2 % = 23.1596 -> 23.16 (Shopify, per line: 69.49)
+    is(sprintf('%.2f', $j->{totalTaxAmount}), '69.48', 'tax 46.32 + 23.16, not the per-line 69.49');
+    is(sprintf('%.2f', $j->{totalAmountIncludingTax}), '1227.46', 'total');
+    my $sum = 0;
+    $sum += $_->{totalTaxAmount} for @{ $j->{salesOrderLines} };
+    is(sprintf('%.2f', $sum), '69.48', 'line taxes add up to the document tax');
+    is($j->{salesOrderLines}[0]{taxPercent}, 6, 'line taxPercent: both jurisdictions');
+    is($j->{salesOrderLines}[0]{taxCode}, 'FURNITURE', "taxCode defaults to the item's tax group");
+    is($j->{salesOrderLines}[3]{taxCode}, 'FREIGHT', "and to the G/L account's");
+};
+
+subtest 'taxCode: NONTAXABLE lines carry no tax, unknown codes are refused' => sub {
+    my ($st, $j) = bc('POST', $SO, body => {customerNumber => 'WEB', salesOrderLines => [
+        {lineType => 'Item', lineObjectNumber => '1928-S', quantity => 2, unitPrice => 54.90,
+         taxCode => 'NONTAXABLE'}]});
+    is($st, 201, 'created');
+    is($j->{totalTaxAmount}, 0, 'no tax');
+    ($st, $j) = bc('POST', $SO, body => {customerNumber => 'WEB', salesOrderLines => [
+        {lineType => 'Item', lineObjectNumber => '1928-S', quantity => 2, taxCode => 'BOGUS'}]});
+    bc_error_ok($st, $j, 400, 'Internal_InvalidTableRelation',
+                qr/Tax Group Code of table Sales Line contains a value \(BOGUS\)/, 'unknown tax group');
+};
+
+subtest 'prices including tax: VAT company yes, sales tax company no' => sub {
+    my ($st, $j) = bc('POST', "companies($EUR)/salesOrders", body => {
+        customerNumber => 'WEB', pricesIncludeTax => JSON::PP::true, salesOrderLines => [
+            {lineType => 'Item', lineObjectNumber => '1920-S', quantity => 1, unitPrice => 598},
+            {lineType => 'Item', lineObjectNumber => '1960-S', quantity => 6, unitPrice => 179},
+            {lineType => 'Account', lineObjectNumber => '40400', quantity => 1, unitPrice => 59}]});
+    is($st, 201, 'created');
+    # 1731.00 - 1731.00 / 1.19 (1454.62) = 276.38, rounded once for the 19 % rate
+    is(sprintf('%.2f', $j->{totalTaxAmount}), '276.38', 'VAT out of the gross');
+    is(sprintf('%.2f', $j->{totalAmountIncludingTax}), '1731.00', 'total = the gross');
+    is(sprintf('%.2f', $j->{totalAmountExcludingTax}), '1454.62', 'net');
+    ($st, $j) = bc('POST', $SO, body => basic_order(pricesIncludeTax => JSON::PP::true));
+    bc_error_ok($st, $j, 400, 'Application_DialogException', qr/Prices Including Tax cannot be used/,
+                'refused with US sales tax');
+};
+
+subtest 'tax set-up through the control API' => sub {
+    my ($st, $j) = control('POST', "tax/$USD", {
+        areas => {'SAVANNAH, GA' => [{jurisdiction => 'GA', rates => {FURNITURE => 4}},
+                                     {jurisdiction => 'CHATHAM', name => 'Chatham County Tax',
+                                      rates => {FURNITURE => 3}}]},
+        customers => {'50000' => 'SAVANNAH, GA'}});
+    is($st, 200, 'set');
+    ($st, $j) = bc('POST', $SO, body => {customerNumber => '50000', salesOrderLines => [
+        {lineType => 'Item', lineObjectNumber => '1928-S', quantity => 1, unitPrice => 100}]});
+    is(sprintf('%.2f', $j->{totalTaxAmount}), '7.00', 'new area: 4 % + 3 %');
+    ($st, $j) = bc('GET', "companies($USD)/taxAreas");
+    ok((grep { $_->{code} eq 'SAVANNAH, GA' } @{ $j->{value} }), 'listed in taxAreas');
+};
+
+subtest 'POST customers: validated, numbered, with the template' => sub {
+    my ($st, $j) = bc('POST', "companies($USD)/customers",
+                      body => {displayName => 'Jürgen Größe', email => 'not-an-address'});
+    bc_error_ok($st, $j, 400, 'Application_DialogException', qr/The email address "not-an-address" is not valid/,
+                'bad e-mail');
+    ($st, $j) = bc('POST', "companies($USD)/customers", body => {displayName => 'X' x 101});
+    bc_error_ok($st, $j, 400, 'Application_StringExceededLength', qr/must be less than or equal to 100/,
+                'name over Text[100]');
+    ($st, $j) = bc('POST', "companies($USD)/customers", body => {displayName => 'A', phoneNumber => 'call me'});
+    bc_error_ok($st, $j, 400, 'Application_DialogException', qr/must not contain letters/, 'letters in phone');
+    ($st, $j) = bc('POST', "companies($USD)/customers", body => {displayName => 'A', bogus => 1});
+    is($st, 400, 'unknown property');
+    ($st, $j) = bc('POST', "companies($USD)/customers", body => {
+        displayName => 'Jürgen Größe', type => 'Person', email => 'j.g@example.com', country => 'cn'});
+    is($st, 201, 'created');
+    like($j->{number}, qr/^C\d{5}$/, 'number from the series');
+    is($j->{country}, 'CN', 'Code field upper-cased');
+    is($j->{taxAreaDisplayName}, 'ATLANTA, GA', "the template's tax area");
+    ($st, $j) = bc('GET', "companies($USD)/customers",
+                   query => {'$filter' => q{email eq 'j.g@example.com'}});
+    is(scalar @{ $j->{value} }, 1, 'found by e-mail afterwards');
+};
+
+subtest 'lines: PATCH with If-Match; a released order refuses changes' => sub {
+    my ($st, $o) = bc('POST', $SO, body => basic_order(externalDocumentNumber => 'LINES-1'),
+                      query => {'$expand' => 'salesOrderLines'});
+    my $ln = $o->{salesOrderLines}[0];
+    my $path = "$SO($o->{id})/salesOrderLines($ln->{id})";
+    my ($st2, $j) = bc('PATCH', $path, body => {quantity => 1});
+    bc_error_ok($st2, $j, 400, 'BadRequest_InvalidToken', qr/concurrency token/, 'no If-Match');
+    ($st2, $j) = bc('PATCH', $path, body => {quantity => 1}, headers => {'If-Match' => $ln->{'@odata.etag'}});
+    is($st2, 200, 'patched');
+    is(sprintf('%.2f', $j->{amountExcludingTax}), '1000.80', 'line recalculated');
+    ($st2, $j) = bc('PATCH', $path, body => {quantity => 3}, headers => {'If-Match' => $ln->{'@odata.etag'}});
+    bc_error_ok($st2, $j, 409, 'Request_EntityChanged', qr/Another user/, 'stale line ETag');
+    ($st2, $j) = bc('PATCH', $path, body => {lineObjectNumber => '1900-S'}, headers => {'If-Match' => '*'});
+    is($st2, 400, 'the item of a line cannot change');
+    ($st2, $j) = bc('GET', "$SO($o->{id})");
+    is(sprintf('%.2f', $j->{totalAmountIncludingTax}), '1891.88', 'order total follows: 1772.00 + 49.00 + 4 % of 1772.00');
+    control('POST', "companies/$USD/salesOrders/$o->{id}/release");
+    ($st2, $j) = bc('PATCH', $path, body => {quantity => 2}, headers => {'If-Match' => '*'});
+    bc_error_ok($st2, $j, 400, 'Application_FieldValidationException', qr/Status must be equal to 'Open'/,
+                'released: no line change');
+    ($st2, $j) = bc('DELETE', "$SO($o->{id})");
+    is($st2, 400, 'released: no delete');
+};
+
 # ---------------------------------------------------------------- posting
 subtest 'posting moves the order to salesInvoices and salesShipments' => sub {
     my ($st, $o) = bc('POST', $SO, body => basic_order(externalDocumentNumber => 'POST-ME-1'));
@@ -428,7 +545,7 @@ subtest 'posting moves the order to salesInvoices and salesShipments' => sub {
     is($j2->{value}[0]{externalDocumentNumber}, 'POST-ME-1', 'same externalDocumentNumber');
     is($j2->{value}[0]{orderNumber}, $o->{number}, 'invoice points to the order number');
     like($j2->{value}[0]{number}, qr/^1030\d\d$/, 'invoice has its own number');
-    is(sprintf('%.2f', $j2->{value}[0]{totalAmountIncludingTax}), '2821.80', 'invoice total');
+    is(sprintf('%.2f', $j2->{value}[0]{totalAmountIncludingTax}), '2932.71', 'invoice total');
     my ($s3, $j3) = bc('GET', "companies($USD)/salesShipments", query => $f);
     is(scalar @{ $j3->{value} }, 1, 'one posted shipment');
     like($j3->{value}[0]{number}, qr/^1020\d\d$/, 'shipment has its own number');

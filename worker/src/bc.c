@@ -91,8 +91,9 @@ static void sbw_bc_limit_release(sbw_bc_shared_t *sh,
 static void sbw_bc_count(const char *op, const sbw_bc_result_t *res);
 static void sbw_bc_call(sbw_bc_t *bc, const char *op, const char *method,
     const char *url, const char *body, sbw_bc_result_t *res);
-static struct curl_slist *sbw_bc_if_match(struct curl_slist *hdrs,
-    const char *etag);
+static void sbw_bc_call_match(sbw_bc_t *bc, const char *op,
+    const char *method, const char *url, const char *body,
+    const char *if_match, sbw_bc_result_t *res);
 
 
 static double
@@ -545,9 +546,15 @@ sbw_bc_perform(CURL *curl, const sbw_config_t *conf, const char *method,
         curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE,
                          (long) (body ? strlen(body) : 0));
 
-    } else if (strcmp(method, "DELETE") == 0) {
-        curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
-        curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, "DELETE");
+    } else if (strcmp(method, "GET") != 0) {
+        /* PATCH with its body, DELETE without */
+        curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
+
+        if (body != NULL) {
+            curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+            curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE,
+                             (long) strlen(body));
+        }
 
     } else {
         curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
@@ -894,9 +901,22 @@ static void
 sbw_bc_call(sbw_bc_t *bc, const char *op, const char *method,
     const char *url, const char *body, sbw_bc_result_t *res)
 {
+    sbw_bc_call_match(bc, op, method, url, body, NULL, res);
+}
+
+
+/*
+ * sbw_bc_call() with an If-Match header (PATCH and DELETE of an entity
+ * BC versions with an ETag) when if_match is not NULL.
+ */
+static void
+sbw_bc_call_match(sbw_bc_t *bc, const char *op, const char *method,
+    const char *url, const char *body, const char *if_match,
+    sbw_bc_result_t *res)
+{
     int                 try;
     long                gen, stale;
-    char               *token, *auth;
+    char               *token, *auth, im[512];
     size_t              n;
     struct curl_slist  *hdrs;
 
@@ -930,8 +950,9 @@ sbw_bc_call(sbw_bc_t *bc, const char *op, const char *method,
             hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
         }
 
-        if (bc->if_match != NULL) {
-            hdrs = sbw_bc_if_match(hdrs, bc->if_match);
+        if (if_match != NULL) {
+            snprintf(im, sizeof(im), "If-Match: %s", if_match);
+            hdrs = curl_slist_append(hdrs, im);
         }
 
         memset(auth, 0, strlen(auth));
@@ -1232,44 +1253,62 @@ sbw_bc_find_customer(sbw_bc_t *bc, const char *email, char *number,
 
 
 /*
- * Add "If-Match: etag" to a header list.
+ * Point the client at another company: the orders of each shop go to the
+ * shop's company (BC365_COMPANIES).  Returns 0, -1 out of memory (the
+ * client keeps its company).
  */
-static struct curl_slist *
-sbw_bc_if_match(struct curl_slist *hdrs, const char *etag)
+int
+sbw_bc_set_company(sbw_bc_t *bc, const char *company_id)
 {
-    char                *h;
-    size_t               n;
-    struct curl_slist   *r;
+    int    n;
+    char  *tenant, *env, *company, *url;
 
-    n = strlen(etag) + sizeof("If-Match: ");
-    h = malloc(n);
+    url = NULL;
+    tenant = curl_easy_escape(bc->curl, bc->conf->tenant, 0);
+    env = curl_easy_escape(bc->curl, bc->conf->environment, 0);
+    company = curl_easy_escape(bc->curl, company_id, 0);
 
-    if (h == NULL) {
-        return hdrs;
+    if (tenant && env && company) {
+        n = snprintf(NULL, 0, "%s/v2.0/%s/%s/api/v2.0/companies(%s)",
+                     bc->conf->api_base, tenant, env, company);
+        url = malloc((size_t) n + 1);
+
+        if (url != NULL) {
+            snprintf(url, (size_t) n + 1, "%s/v2.0/%s/%s/api/v2.0/"
+                     "companies(%s)", bc->conf->api_base, tenant, env,
+                     company);
+        }
     }
 
-    snprintf(h, n, "If-Match: %s", etag);
-    r = curl_slist_append(hdrs, h);
-    free(h);
+    curl_free(tenant);
+    curl_free(env);
+    curl_free(company);
 
-    return r;
+    if (url == NULL) {
+        return -1;
+    }
+
+    free(bc->base_url);
+    bc->base_url = url;
+
+    return 0;
 }
 
 
 /*
- * A request to path (relative to the company URL, query included)
- * through the limiter and the token cache: GET, or DELETE with an
- * If-Match of etag (NULL for none).  Returns the class of the answer;
- * res holds the parsed body.
+ * One request to the current company: path is relative to
+ * .../companies({id}) ("/salesOrders(...)"), if_match is sent when not
+ * NULL.  Returns the class of the answer; res holds it.
  */
 sbw_bc_class_e
 sbw_bc_request(sbw_bc_t *bc, const char *op, const char *method,
-    const char *path, const char *etag, sbw_bc_result_t *res)
+    const char *path, const char *body, const char *if_match,
+    sbw_bc_result_t *res)
 {
     int    n;
     char  *url;
 
-    n = snprintf(NULL, 0, "%s/%s", bc->base_url, path);
+    n = snprintf(NULL, 0, "%s%s", bc->base_url, path);
     url = malloc((size_t) n + 1);
 
     if (url == NULL) {
@@ -1278,11 +1317,8 @@ sbw_bc_request(sbw_bc_t *bc, const char *op, const char *method,
         return SBW_BC_RETRY_NOT_SENT;
     }
 
-    snprintf(url, (size_t) n + 1, "%s/%s", bc->base_url, path);
-
-    bc->if_match = etag;
-    sbw_bc_call(bc, op, method, url, NULL, res);
-    bc->if_match = NULL;
+    snprintf(url, (size_t) n + 1, "%s%s", bc->base_url, path);
+    sbw_bc_call_match(bc, op, method, url, body, if_match, res);
     free(url);
 
     return sbw_bc_classify(res);

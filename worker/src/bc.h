@@ -51,7 +51,6 @@ typedef struct {
     sbw_bc_shared_t     *shared;
     const sbw_config_t  *conf;
     char                *base_url;   /* .../companies({id}) */
-    const char          *if_match;   /* for the next request, or NULL */
 } sbw_bc_t;
 
 
@@ -71,11 +70,12 @@ int sbw_bc_find_customer(sbw_bc_t *bc, const char *email, char *number,
     size_t numlen, sbw_bc_result_t *res);
 int sbw_bc_find_document(sbw_bc_t *bc, const char *external_doc,
     sbw_bc_doc_t *doc, sbw_bc_result_t *res);
-sbw_bc_class_e sbw_bc_request(sbw_bc_t *bc, const char *op,
-    const char *method, const char *path, const char *etag,
-    sbw_bc_result_t *res);
 void sbw_bc_extract_correlation(const char *message, char *out,
     size_t outlen);
+int sbw_bc_set_company(sbw_bc_t *bc, const char *company_id);
+sbw_bc_class_e sbw_bc_request(sbw_bc_t *bc, const char *op,
+    const char *method, const char *path, const char *body,
+    const char *if_match, sbw_bc_result_t *res);
 
 
 #endif /* SBW_BC_H */

@@ -43,6 +43,7 @@
 #include "log.h"
 #include "order_map.h"
 #include "stream.h"
+#include "sync_map.h"
 #include "text.h"
 
 
@@ -1173,6 +1174,7 @@ sbw_cli_dry_run(sbw_cli_t *c)
 {
     int              map_rc, rc;
     char             id[32], map_err[1024], email[SBW_EMAIL_BUFLEN];
+    char             shop[256], company[64];
     char            *raw, *payload, *url;
     size_t           len;
     json_t          *order, *row, *body, *out;
@@ -1185,6 +1187,8 @@ sbw_cli_dry_run(sbw_cli_t *c)
 
     raw = NULL;
     len = 0;
+    shop[0] = '\0';
+    company[0] = '\0';
 
     if (c->args->file != NULL) {
         raw = sbw_cli_read_file(c->args->file, &len);
@@ -1199,7 +1203,7 @@ sbw_cli_dry_run(sbw_cli_t *c)
         params[0] = id;
         row = sbw_cli_query(c,
             "SELECT json_build_object('payload', payload,"
-            " 'encoding', payload_encoding)"
+            " 'encoding', payload_encoding, 'shop', shop)"
             " FROM dead_letters WHERE id = $1::bigint",
             1, params);
 
@@ -1211,6 +1215,8 @@ sbw_cli_dry_run(sbw_cli_t *c)
             json_decref(row);
             return sbw_cli_fail(SBW_CLI_NOT_FOUND, "no dead letter %s", id);
         }
+
+        snprintf(shop, sizeof(shop), "%s", sbw_cli_str(row, "shop"));
 
         if (json_is_string(json_object_get(row, "payload"))) {
             raw = sbw_cli_decode_payload(sbw_cli_str(row, "payload"),
@@ -1255,8 +1261,11 @@ sbw_cli_dry_run(sbw_cli_t *c)
                                       : SBW_MAP_ERR_INVALID, map_err);
     }
 
-    /* what the ledger knows: its externalDocumentNumber wins */
-    /* TODO: the company of the order's shop, once shops map to companies */
+    /*
+     * what the ledger knows: its externalDocumentNumber wins, and the
+     * company the order went to; else the company of the dead letter's
+     * shop, else the default one
+     */
     state = NULL;
     ledger_doc = NULL;
     row = NULL;
@@ -1267,8 +1276,10 @@ sbw_cli_dry_run(sbw_cli_t *c)
         row = sbw_cli_query(c,
             "SELECT json_build_object('state', state, 'bc_number',"
             " bc_number, 'external_document_number',"
-            " external_document_number)"
-            " FROM bc_order_ledger WHERE shopify_order_id = $1::bigint",
+            " external_document_number, 'company',"
+            " (SELECT bc_company_id FROM bc_order_sync s"
+            "  WHERE s.shopify_order_id = l.shopify_order_id))"
+            " FROM bc_order_ledger l WHERE shopify_order_id = $1::bigint",
             1, params);
 
         if (json_is_object(row)) {
@@ -1279,12 +1290,22 @@ sbw_cli_dry_run(sbw_cli_t *c)
                 snprintf(o.external_doc, sizeof(o.external_doc), "%s",
                          ledger_doc);
             }
+
+            snprintf(company, sizeof(company), "%s",
+                     sbw_cli_str(row, "company"));
         }
+    }
+
+    if (company[0] == '\0') {
+        snprintf(company, sizeof(company), "%s",
+                 sbw_company_for_shop(c->conf, shop[0] ? shop : NULL));
     }
 
     payload = sbw_order_payload(&o);
 
-    if (payload == NULL || sbw_bc_init(&bc, NULL, c->conf) != 0) {
+    if (payload == NULL || sbw_bc_init(&bc, NULL, c->conf) != 0
+        || sbw_bc_set_company(&bc, company) != 0)
+    {
         free(payload);
         sbw_order_free(&o);
         json_decref(row);
@@ -1303,7 +1324,7 @@ sbw_cli_dry_run(sbw_cli_t *c)
     if (c->args->json) {
         body = json_loads(payload, 0, NULL);
         out = json_pack("{s:s,s:s,s:s?,s:s,s:s,s:s?,s:s?,s:s?,s:o?,s:s}",
-                        "company", c->conf->company_id,
+                        "company", company,
                         "method", "POST",
                         "url", url,
                         "order", id,
@@ -1317,7 +1338,7 @@ sbw_cli_dry_run(sbw_cli_t *c)
         json_decref(out);
 
     } else {
-        printf("company   %s\n", c->conf->company_id);
+        printf("company   %s\n", company);
         printf("request   POST %s\n", url ? url : "");
         printf("order     %s  externalDocumentNumber %s\n", id,
                o.external_doc);

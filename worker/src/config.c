@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "money.h"
+#include "sync_map.h"
 #include "log.h"
 
 
@@ -650,6 +652,7 @@ sbw_config_load(sbw_config_t *c, sbw_getenv_pt get, void *ctx, char *err,
     size_t errlen)
 {
     char          host[256], msg[256], missing[512];
+    int64_t       cents;
     json_t       *vm, *parsed;
     size_t        i;
     sbw_env_t     e;
@@ -835,9 +838,69 @@ sbw_config_load(sbw_config_t *c, sbw_getenv_pt get, void *ctx, char *err,
         if (strcmp(v, "default") == 0) {
             c->customer_strategy = SBW_CUSTOMER_DEFAULT;
 
+        } else if (strcmp(v, "create") == 0) {
+            c->customer_strategy = SBW_CUSTOMER_CREATE;
+
         } else if (strcmp(v, "email") != 0) {
             sbw_env_fail(&e, "invalid BC365_CUSTOMER_STRATEGY: \"%s\" "
-                         "(default or email)", v);
+                         "(default, email or create)", v);
+        }
+    }
+
+    /* order sync: companies per shop, money, tax (orders_sync.c) */
+    text = sbw_env(&e, "BC365_COMPANIES");
+    c->companies = text ? sbw_load_string_map(&e, "BC365_COMPANIES", text)
+                        : json_object();
+
+    if (c->companies != NULL && !e.bad
+        && sbw_companies_check(c->companies, msg, sizeof(msg)) != 0)
+    {
+        e.bad = 1;
+    }
+
+    c->rounding_account = sbw_env_str(&e, "BC365_ROUNDING_ACCOUNT", NULL);
+    c->tax_account = sbw_env_str(&e, "BC365_TAX_ACCOUNT", NULL);
+    c->nontaxable_code = sbw_env_str(&e, "BC365_NONTAXABLE_TAX_CODE",
+                                     "NONTAXABLE");
+
+    v = sbw_env(&e, "BC365_ORDER_MONEY");
+    c->order_money = SBW_MONEY_SHOP;
+
+    if (v != NULL && strcmp(v, "presentment") == 0) {
+        c->order_money = SBW_MONEY_PRESENTMENT;
+
+    } else if (v != NULL && strcmp(v, "shop") != 0) {
+        sbw_env_fail(&e, "invalid BC365_ORDER_MONEY: \"%s\" (shop or "
+                     "presentment)", v);
+    }
+
+    v = sbw_env(&e, "BC365_TAX_POLICY");
+    c->tax_policy = SBW_TAX_VARIANCE;
+
+    if (v != NULL && strcmp(v, "line") == 0) {
+        c->tax_policy = SBW_TAX_LINE;
+
+    } else if (v != NULL && strcmp(v, "variance") != 0) {
+        sbw_env_fail(&e, "invalid BC365_TAX_POLICY: \"%s\" (variance or "
+                     "line)", v);
+    }
+
+    if (c->tax_policy == SBW_TAX_LINE && c->tax_account == NULL && !e.bad) {
+        sbw_env_fail(&e, "BC365_TAX_POLICY=line needs BC365_TAX_ACCOUNT");
+    }
+
+    v = sbw_env(&e, "BC365_TAX_TOLERANCE");
+    c->tax_tolerance = -1;
+
+    if (v != NULL && strcmp(v, "auto") != 0) {
+        if (sbw_money_parse(v, &cents) != 0 || cents < 0
+            || cents > 100000)
+        {
+            sbw_env_fail(&e, "invalid BC365_TAX_TOLERANCE: \"%s\" (auto, "
+                         "or an amount from 0.00 to 1000.00)", v);
+
+        } else {
+            c->tax_tolerance = (long) cents;
         }
     }
 
@@ -871,6 +934,7 @@ sbw_config_load(sbw_config_t *c, sbw_getenv_pt get, void *ctx, char *err,
             || c->group == NULL || c->worker_name == NULL
             || c->sku_map == NULL
             || c->variant_map == NULL || c->tenant == NULL
+            || c->companies == NULL || c->nontaxable_code == NULL
             || c->client_id == NULL || c->client_secret == NULL
             || c->company_id == NULL || c->shipping_account == NULL))
     {
@@ -897,6 +961,10 @@ sbw_config_free(sbw_config_t *c)
     sbw_redis_url_free(&c->redis);
     json_decref(c->sku_map);
     json_decref(c->variant_map);
+    json_decref(c->companies);
+    free(c->rounding_account);
+    free(c->tax_account);
+    free(c->nontaxable_code);
 
     free(c->database_url);
     free(c->tenant);

@@ -17,6 +17,15 @@
 /* BC365_CUSTOMER_STRATEGY: how an order's BC customer is chosen */
 #define SBW_CUSTOMER_DEFAULT  0    /* always BC365_DEFAULT_CUSTOMER */
 #define SBW_CUSTOMER_EMAIL    1    /* the customer with the order's e-mail */
+#define SBW_CUSTOMER_CREATE   2    /* by e-mail, created when BC has none */
+
+/* BC365_ORDER_MONEY: which of Shopify's two amounts a document takes */
+#define SBW_MONEY_SHOP         0
+#define SBW_MONEY_PRESENTMENT  1
+
+/* BC365_TAX_POLICY */
+#define SBW_TAX_VARIANCE  0    /* BC computes tax; rounding line if close */
+#define SBW_TAX_LINE      1    /* Shopify's tax as its own G/L line */
 
 
 typedef struct {
@@ -50,6 +59,15 @@ typedef struct {
     char             *gift_card_account; /* NULL: gift cards are refused */
     char             *custom_line_account;   /* NULL: refused */
     int               customer_strategy;
+
+    /* order sync (see orders_sync.c) */
+    json_t           *companies;         /* object shop -> company id */
+    char             *rounding_account;  /* NULL: variances go to review */
+    char             *tax_account;       /* BC365_TAX_POLICY=line */
+    char             *nontaxable_code;   /* NULL: taxCode never sent */
+    int               order_money;
+    int               tax_policy;
+    long              tax_tolerance;     /* cents, -1: auto */
 
     char             *stream_key;
     char             *group;

@@ -188,7 +188,7 @@ sbw_customer_cache_get(sbw_customer_cache_t *c, const char *email,
     double now, char *number, size_t numlen)
 {
     int                   hit;
-    char                  key[SBW_EMAIL_BUFLEN];
+    char                  key[SBW_CUSTOMER_KEY_BUFLEN];
     sbw_customer_slot_t  *s;
 
     if (sbw_ascii_lower(email, key, sizeof(key)) != 0 || key[0] == '\0') {
@@ -218,7 +218,7 @@ void
 sbw_customer_cache_put(sbw_customer_cache_t *c, const char *email,
     const char *number, double now)
 {
-    char                  key[SBW_EMAIL_BUFLEN];
+    char                  key[SBW_CUSTOMER_KEY_BUFLEN];
     sbw_customer_slot_t  *s;
 
     if (sbw_ascii_lower(email, key, sizeof(key)) != 0 || key[0] == '\0'

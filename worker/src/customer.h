@@ -19,6 +19,9 @@
 #define SBW_BC_EMAIL_LEN       80
 #define SBW_EMAIL_BUFLEN       (SBW_BC_EMAIL_LEN * 4 + 1)
 
+/* a cache key: "<company id>/<e-mail>" */
+#define SBW_CUSTOMER_KEY_BUFLEN  (SBW_EMAIL_BUFLEN + 64)
+
 /* BC's customer number is a Code[20] */
 #define SBW_CUSTOMER_NO_BUFLEN  (20 * 4 + 1)
 
@@ -28,7 +31,7 @@
 
 
 typedef struct {
-    char    email[SBW_EMAIL_BUFLEN];     /* lower case, "" when free */
+    char    email[SBW_CUSTOMER_KEY_BUFLEN];  /* lower case, "" when free */
     char    number[SBW_CUSTOMER_NO_BUFLEN];  /* "" when BC has none */
     double  expires;
 } sbw_customer_slot_t;

@@ -30,6 +30,7 @@
 #include "dupcheck.h"
 #include "log.h"
 #include "metrics.h"
+#include "sync_map.h"
 #include "text.h"
 
 
@@ -168,7 +169,7 @@ sbw_dupcheck_order(sbw_bc_t *bc, PGconn *pg, int remove,
         return -1;
     }
 
-    n = snprintf(NULL, 0, "salesOrders?$filter=%s&$expand=salesOrderLines",
+    n = snprintf(NULL, 0, "/salesOrders?$filter=%s&$expand=salesOrderLines",
                  esc);
     path = malloc((size_t) n + 1);
 
@@ -179,10 +180,11 @@ sbw_dupcheck_order(sbw_bc_t *bc, PGconn *pg, int remove,
     }
 
     snprintf(path, (size_t) n + 1,
-             "salesOrders?$filter=%s&$expand=salesOrderLines", esc);
+             "/salesOrders?$filter=%s&$expand=salesOrderLines", esc);
     curl_free(esc);
 
-    cls = sbw_bc_request(bc, "duplicate_check", "GET", path, NULL, &res);
+    cls = sbw_bc_request(bc, "duplicate_check", "GET", path, NULL, NULL,
+                         &res);
     free(path);
 
     rows = json_object_get(res.body, "value");
@@ -259,7 +261,7 @@ sbw_dupcheck_order(sbw_bc_t *bc, PGconn *pg, int remove,
             kept++;
 
         } else {
-            n = snprintf(NULL, 0, "salesOrders(%s)", id);
+            n = snprintf(NULL, 0, "/salesOrders(%s)", id);
             path = malloc((size_t) n + 1);
 
             if (path == NULL) {
@@ -267,9 +269,9 @@ sbw_dupcheck_order(sbw_bc_t *bc, PGconn *pg, int remove,
                 kept++;
 
             } else {
-                snprintf(path, (size_t) n + 1, "salesOrders(%s)", id);
+                snprintf(path, (size_t) n + 1, "/salesOrders(%s)", id);
                 cls = sbw_bc_request(bc, "duplicate_delete", "DELETE", path,
-                                     etag, &res);
+                                     NULL, etag, &res);
                 free(path);
 
                 if (cls == SBW_BC_OK) {
@@ -400,7 +402,7 @@ sbw_dupcheck_run(sbw_bc_t *bc, PGconn *pg, const sbw_config_t *conf,
     int          i, rows, rc;
     char         wait[32];
     PGresult    *res;
-    const char  *params[2];
+    const char  *params[2], *company;
 
     memset(st, 0, sizeof(*st));
 
@@ -410,7 +412,9 @@ sbw_dupcheck_run(sbw_bc_t *bc, PGconn *pg, const sbw_config_t *conf,
 
     res = PQexecParams(pg,
         "SELECT shopify_order_id, shop, external_document_number,"
-        " coalesce(bc_id, '')"
+        " coalesce(bc_id, ''),"
+        " coalesce((SELECT bc_company_id FROM bc_order_sync s"
+        "           WHERE s.shopify_order_id = l.shopify_order_id), '')"
         " FROM bc_order_ledger l"
         " WHERE state = 'created' AND attempts > 1"
         " AND ($1::boolean OR (last_attempt_at < clock_timestamp()"
@@ -432,6 +436,19 @@ sbw_dupcheck_run(sbw_bc_t *bc, PGconn *pg, const sbw_config_t *conf,
     rc = 0;
 
     for (i = 0; i < rows; i++) {
+        /* the order's own company (orders_sync.c), else its shop's */
+        company = PQgetvalue(res, i, 4);
+
+        if (company[0] == '\0') {
+            company = sbw_company_for_shop(conf, PQgetvalue(res, i, 1));
+        }
+
+        if (sbw_bc_set_company(bc, company) != 0) {
+            snprintf(err, errlen, "out of memory");
+            rc = -1;
+            break;
+        }
+
         rc = sbw_dupcheck_order(bc, pg, remove, PQgetvalue(res, i, 0),
                                 PQgetvalue(res, i, 1), PQgetvalue(res, i, 2),
                                 PQgetvalue(res, i, 3), report, st, err,

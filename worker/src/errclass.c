@@ -187,6 +187,10 @@ sbw_dlq_reason(const char *code)
         return "mapping";
     }
 
+    if (strncmp(code, "Sync_", 5) == 0) {
+        return "sync_conflict";
+    }
+
     if (strncmp(code, "Shops_", 6) == 0) {
         return "shopify_install";
     }

@@ -26,6 +26,7 @@
 #include "config.h"
 #include "dlq.h"
 #include "ledger.h"
+#include "orders_sync.h"
 #include "log.h"
 #include "metrics.h"
 #include "shops.h"
@@ -182,7 +183,7 @@ sbw_prepare_postgres(const sbw_config_t *conf)
     int           from;
     long          delay;
     unsigned      tries;
-    long long     archived;
+    long long     archived, seeded;
     sbw_ledger_t  l;
 
     memset(&l, 0, sizeof(l));
@@ -202,7 +203,21 @@ sbw_prepare_postgres(const sbw_config_t *conf)
                 return -1;
             }
 
+            /* the order sync's own tables (orders_sync.c) */
+            if (sbw_sync_migrate(&l, conf, &seeded) != 0) {
+                sbw_log(SBW_LOG_ERROR, "migration_failed",
+                        json_pack("{s:s,s:s}", "component", "orders-sync",
+                                  "message", l.errstr));
+                sbw_ledger_close(&l);
+                return -1;
+            }
+
             sbw_ledger_close(&l);
+
+            if (seeded > 0) {
+                sbw_log(SBW_LOG_INFO, "sku_map_seeded",
+                        json_pack("{s:I}", "skus", (json_int_t) seeded));
+            }
 
             if (archived > 0) {
                 sbw_log(SBW_LOG_WARN, "ledger_duplicates_archived",

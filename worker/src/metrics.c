@@ -54,6 +54,7 @@ static struct {
     sbw_pairs_t          dl_replays;     /* outcome */
     sbw_pairs_t          duplicates;     /* action */
     int                  dl_known;       /* dl_open has been read */
+    sbw_pairs_t          sync;           /* event (orders_sync.c) */
     unsigned long long   pushed;
     unsigned long long   deduped;
     unsigned long long   recovered;
@@ -199,6 +200,19 @@ sbw_metrics_retry(const char *reason)
 {
     pthread_mutex_lock(&sbw_m.mutex);
     sbw_pairs_inc(&sbw_m.retries, reason, "", 1);
+    pthread_mutex_unlock(&sbw_m.mutex);
+}
+
+
+/*
+ * An order-sync event: totals matched, variance_added, total_mismatch,
+ * updated, update_stale, cancelled, conflict.
+ */
+void
+sbw_metrics_order_sync(const char *event)
+{
+    pthread_mutex_lock(&sbw_m.mutex);
+    sbw_pairs_inc(&sbw_m.sync, event, "", 1);
     pthread_mutex_unlock(&sbw_m.mutex);
 }
 
@@ -433,6 +447,12 @@ sbw_metrics_render(void)
           "# TYPE worker_stream_entries_total counter\n", f);
     sbw_render_pairs(f, &sbw_m.entries, "worker_stream_entries_total",
                      "topic", "outcome");
+
+    fputs("# HELP bc_order_sync_total Totals checks, updates, "
+          "cancellations and conflicts of orders already in BC\n"
+          "# TYPE bc_order_sync_total counter\n", f);
+    sbw_render_pairs(f, &sbw_m.sync, "bc_order_sync_total", "event",
+                     NULL);
 
     fputs("# HELP worker_retries_total Entries left pending for a later "
           "try, by reason.\n"

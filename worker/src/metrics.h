@@ -20,6 +20,7 @@ void sbw_metrics_order_deduped(void);
 void sbw_metrics_order_recovered(void);
 void sbw_metrics_order_failed(const char *reason);
 void sbw_metrics_retry(const char *reason);
+void sbw_metrics_order_sync(const char *event);
 void sbw_metrics_trimmed(long long n);
 void sbw_metrics_token_refresh(int ok);
 void sbw_metrics_retry_queue_add(int delta);

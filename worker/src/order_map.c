@@ -29,21 +29,30 @@ typedef struct {
 
 static void sbw_err_append(char *err, size_t errlen, const char *fmt, ...);
 static int sbw_has_nul(const json_t *v);
-static int sbw_line_discount(const json_t *src, int64_t *sum, char *why,
+static int sbw_line_discount(const sbw_map_conf_t *mc, const json_t *src,
+    int64_t *sum, char *why, size_t whylen);
+static int sbw_line_amounts(const sbw_map_conf_t *mc, const json_t *src,
+    int64_t quantity, int64_t ordered, sbw_bc_line_t *line, char *why,
     size_t whylen);
-static int sbw_line_amounts(const json_t *src, int64_t quantity,
-    sbw_bc_line_t *line, char *why, size_t whylen);
+static int sbw_line_taxed(const sbw_map_conf_t *mc, const json_t *src,
+    int *ntax);
+static const char *sbw_nontaxable(const sbw_map_conf_t *mc);
 static const char *sbw_map_lookup(const json_t *map, const char *key);
 static int sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
-    sbw_bc_line_t *line, char *why, size_t whylen);
+    sbw_bc_line_t *line, char *why, size_t whylen, int *ntax);
 static int sbw_map_shipping(const sbw_map_conf_t *mc, const json_t *sl,
-    sbw_bc_line_t *line, char *why, size_t whylen);
+    sbw_bc_line_t *line, char *why, size_t whylen, int *ntax);
+static int sbw_map_tax_lines(const sbw_map_conf_t *mc,
+    const json_t *order, sbw_bc_order_t *o, size_t *cap, char *err,
+    size_t errlen);
 static int sbw_add_line(sbw_bc_order_t *o, size_t *cap,
     const sbw_bc_line_t *line);
 static void sbw_buf_add(sbw_buf_t *b, const char *s, size_t n);
 static void sbw_buf_str(sbw_buf_t *b, const char *s);
 static void sbw_buf_json_string(sbw_buf_t *b, const char *s);
 static void sbw_buf_money(sbw_buf_t *b, int64_t cents);
+static void sbw_buf_line(sbw_buf_t *b, const sbw_bc_line_t *l,
+    int amounts_only);
 
 
 /*
@@ -136,6 +145,80 @@ sbw_external_doc_number(int64_t order_id, char *out, size_t len)
 
 
 /*
+ * An amount of a Shopify object in the document's money: with shop money
+ * the plain field ("price"), or its "_set" shop_money when the plain one
+ * is absent; with presentment money the "_set" presentment_money, which
+ * Shopify gives for every amount.  Returns 0, or -1 when absent or not a
+ * decimal.
+ */
+int
+sbw_map_money(const sbw_map_conf_t *mc, const json_t *obj,
+    const char *field, int64_t *cents)
+{
+    char           key[64];
+    const json_t  *v, *set;
+
+    if (mc->money != SBW_MONEY_PRESENTMENT) {
+        v = json_object_get(obj, field);
+
+        if (v != NULL && !json_is_null(v)) {
+            return sbw_money_from_json(v, cents);
+        }
+    }
+
+    snprintf(key, sizeof(key), "%s_set", field);
+    set = json_object_get(obj, key);
+    v = json_object_get(set, mc->money == SBW_MONEY_PRESENTMENT
+                             ? "presentment_money" : "shop_money");
+
+    return sbw_money_from_json(json_object_get(v, "amount"), cents);
+}
+
+
+/*
+ * Whether Shopify charged tax on a line item or shipping line: one of its
+ * tax_lines has a non-zero amount.  *ntax counts those amounts (each one
+ * was rounded by Shopify on its own).
+ */
+static int
+sbw_line_taxed(const sbw_map_conf_t *mc, const json_t *src, int *ntax)
+{
+    int            taxed;
+    size_t         i;
+    int64_t        cents;
+    const json_t  *tl;
+
+    taxed = 0;
+
+    json_array_foreach(json_object_get(src, "tax_lines"), i, tl) {
+        if (sbw_map_money(mc, tl, "price", &cents) == 0 && cents != 0) {
+            taxed = 1;
+            (*ntax)++;
+        }
+    }
+
+    return taxed;
+}
+
+
+/*
+ * The taxCode that makes a line non-taxable in BC, or NULL when the
+ * worker is told not to send one.
+ */
+static const char *
+sbw_nontaxable(const sbw_map_conf_t *mc)
+{
+    if (mc->nontaxable_code == NULL || mc->nontaxable_code[0] == '\0'
+        || strcmp(mc->nontaxable_code, "none") == 0)
+    {
+        return NULL;
+    }
+
+    return mc->nontaxable_code;
+}
+
+
+/*
  * Sum of the "amount" of every discount allocation of a line item or
  * shipping line (order-level codes included, as Shopify allocates them
  * to the lines).  Each amount must be a decimal from 0 to
@@ -143,8 +226,8 @@ sbw_external_doc_number(int64_t order_id, char *out, size_t len)
  * SBW_MAP_INVALID with the reason in why.
  */
 static int
-sbw_line_discount(const json_t *src, int64_t *sum, char *why,
-    size_t whylen)
+sbw_line_discount(const sbw_map_conf_t *mc, const json_t *src,
+    int64_t *sum, char *why, size_t whylen)
 {
     char           text[SBW_MONEY_BUFLEN], max[SBW_MONEY_BUFLEN];
     size_t         i;
@@ -165,7 +248,7 @@ sbw_line_discount(const json_t *src, int64_t *sum, char *why,
     }
 
     json_array_foreach(allocs, i, a) {
-        if (sbw_money_from_json(json_object_get(a, "amount"), &cents) != 0) {
+        if (sbw_map_money(mc, a, "amount", &cents) != 0) {
             snprintf(why, whylen, "discount allocation %zu is not a decimal "
                      "amount", i + 1);
             return SBW_MAP_INVALID;
@@ -207,17 +290,19 @@ sbw_line_discount(const json_t *src, int64_t *sum, char *why,
  * SBW_MAP_INVALID with the reason (naming the field) in why.
  */
 static int
-sbw_line_amounts(const json_t *src, int64_t quantity, sbw_bc_line_t *line,
-    char *why, size_t whylen)
+sbw_line_amounts(const sbw_map_conf_t *mc, const json_t *src,
+    int64_t quantity, int64_t ordered, sbw_bc_line_t *line, char *why,
+    size_t whylen)
 {
-    int      rc;
-    char     a[SBW_MONEY_BUFLEN], b[SBW_MONEY_BUFLEN];
-    char     max[SBW_MONEY_BUFLEN];
-    int64_t  price, gross, discount;
+    int                rc;
+    char               a[SBW_MONEY_BUFLEN], b[SBW_MONEY_BUFLEN];
+    char               max[SBW_MONEY_BUFLEN];
+    int64_t            price, gross, discount;
+    unsigned __int128  part;
 
     sbw_money_format(SBW_MAP_MAX_CENTS, max, sizeof(max));
 
-    if (sbw_money_from_json(json_object_get(src, "price"), &price) != 0) {
+    if (sbw_map_money(mc, src, "price", &price) != 0) {
         snprintf(why, whylen, "price is not a decimal amount");
         return SBW_MAP_INVALID;
     }
@@ -242,9 +327,19 @@ sbw_line_amounts(const json_t *src, int64_t quantity, sbw_bc_line_t *line,
         return SBW_MAP_INVALID;
     }
 
-    rc = sbw_line_discount(src, &discount, why, whylen);
+    rc = sbw_line_discount(mc, src, &discount, why, whylen);
     if (rc != SBW_MAP_OK) {
         return rc;
+    }
+
+    /*
+     * an edited order keeps the allocations of the ordered quantity: the
+     * current quantity gets its share, rounded half up
+     */
+    if (ordered > 0 && quantity != ordered) {
+        part = (unsigned __int128) discount * (uint64_t) quantity * 2
+               + (uint64_t) ordered;
+        discount = (int64_t) (part / ((uint64_t) ordered * 2));
     }
 
     if (discount > gross) {
@@ -298,9 +393,10 @@ sbw_map_lookup(const json_t *map, const char *key)
  */
 static int
 sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
-    sbw_bc_line_t *line, char *why, size_t whylen)
+    sbw_bc_line_t *line, char *why, size_t whylen, int *ntax)
 {
-    int              rc;
+    int              rc, taxed;
+    json_int_t       ordered;
     char             key[32];
     json_int_t       quantity;
     const char      *sku, *title, *number, *role, *account;
@@ -389,6 +485,7 @@ sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
     }
 
     quantity = json_integer_value(v);
+    ordered = quantity;
 
     if (quantity > SBW_MAP_MAX_QUANTITY) {
         snprintf(why, whylen, "quantity %" JSON_INTEGER_FORMAT " is more "
@@ -396,10 +493,33 @@ sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
         return SBW_MAP_INVALID;
     }
 
-    rc = sbw_line_amounts(li, (int64_t) quantity, line, why, whylen);
+    /* an edited order: what is left after edits and refunds */
+    v = json_object_get(li, "current_quantity");
+
+    if (mc->use_current && v != NULL) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0
+            || json_integer_value(v) > ordered)
+        {
+            snprintf(why, whylen, "current_quantity is not an integer "
+                     "from 0 to the quantity");
+            return SBW_MAP_INVALID;
+        }
+
+        quantity = json_integer_value(v);
+
+        if (quantity == 0) {
+            return SBW_MAP_SKIPPED;
+        }
+    }
+
+    rc = sbw_line_amounts(mc, li, (int64_t) quantity, (int64_t) ordered,
+                          line, why, whylen);
     if (rc != SBW_MAP_OK) {
         return rc;
     }
+
+    taxed = sbw_line_taxed(mc, li, ntax);
+    line->tax_code = (!taxed || mc->tax_line) ? sbw_nontaxable(mc) : NULL;
 
     v = json_object_get(li, "id");
 
@@ -426,9 +546,9 @@ sbw_map_item(const sbw_map_conf_t *mc, const json_t *li,
  */
 static int
 sbw_map_shipping(const sbw_map_conf_t *mc, const json_t *sl,
-    sbw_bc_line_t *line, char *why, size_t whylen)
+    sbw_bc_line_t *line, char *why, size_t whylen, int *ntax)
 {
-    int            rc;
+    int            rc, taxed;
     const char    *title;
     const json_t  *v;
 
@@ -443,10 +563,13 @@ sbw_map_shipping(const sbw_map_conf_t *mc, const json_t *sl,
         return SBW_MAP_INVALID;
     }
 
-    rc = sbw_line_amounts(sl, 1, line, why, whylen);
+    rc = sbw_line_amounts(mc, sl, 1, 1, line, why, whylen);
     if (rc != SBW_MAP_OK) {
         return rc;
     }
+
+    taxed = sbw_line_taxed(mc, sl, ntax);
+    line->tax_code = (!taxed || mc->tax_line) ? sbw_nontaxable(mc) : NULL;
 
     v = json_object_get(sl, "id");
 
@@ -495,6 +618,91 @@ sbw_add_line(sbw_bc_order_t *o, size_t *cap, const sbw_bc_line_t *line)
 
 
 /*
+ * BC365_TAX_POLICY=line: Shopify's tax as Account lines on the tax
+ * account, one per tax title of the order ("GA State Tax"), or one
+ * "Tax" line with the current total tax of an edited order.  Every line
+ * of the order is then sent non-taxable, so BC adds no tax of its own.
+ */
+static int
+sbw_map_tax_lines(const sbw_map_conf_t *mc, const json_t *order,
+    sbw_bc_order_t *o, size_t *cap, char *err, size_t errlen)
+{
+    size_t          i;
+    int64_t         cents;
+    const char     *title;
+    const json_t   *tl, *v;
+    sbw_bc_line_t   line;
+
+    if (mc->tax_account == NULL || mc->tax_account[0] == '\0') {
+        sbw_err_append(err, errlen, "no tax account for Shopify's tax");
+        return SBW_MAP_UNSUPPORTED;
+    }
+
+    for (i = 0; ; i++) {
+        memset(&line, 0, sizeof(line));
+
+        if (mc->use_current) {
+            if (i > 0) {
+                break;
+            }
+
+            if (sbw_map_money(mc, order, "current_total_tax", &cents) != 0) {
+                sbw_err_append(err, errlen, "current_total_tax is not a "
+                               "decimal amount");
+                return SBW_MAP_INVALID;
+            }
+
+            title = "Tax";
+
+        } else {
+            tl = json_array_get(json_object_get(order, "tax_lines"), i);
+            if (tl == NULL) {
+                break;
+            }
+
+            if (sbw_map_money(mc, tl, "price", &cents) != 0) {
+                sbw_err_append(err, errlen, "tax line %zu: price is not a "
+                               "decimal amount", i + 1);
+                return SBW_MAP_INVALID;
+            }
+
+            v = json_object_get(tl, "title");
+            title = json_is_string(v) && !sbw_has_nul(v)
+                    ? json_string_value(v) : "Tax";
+        }
+
+        if (cents == 0) {
+            continue;
+        }
+
+        if (cents < 0 || cents > SBW_MAP_MAX_CENTS) {
+            sbw_err_append(err, errlen, "tax amount out of range");
+            return SBW_MAP_INVALID;
+        }
+
+        line.type = SBW_LINE_ACCOUNT;
+        line.role = "tax";
+        line.quantity = 1;
+        line.unit_price = cents;
+        line.amount = cents;
+        line.tax_code = sbw_nontaxable(mc);
+        line.number = strdup(mc->tax_account);
+        line.description = sbw_utf8_truncate(title, SBW_BC_DESCRIPTION_LEN);
+
+        if (line.number == NULL || line.description == NULL
+            || sbw_add_line(o, cap, &line) != 0)
+        {
+            free(line.number);
+            free(line.description);
+            return SBW_MAP_NOMEM;
+        }
+    }
+
+    return SBW_MAP_OK;
+}
+
+
+/*
  * Build the BC sales order for a Shopify order.  On SBW_MAP_OK, out holds
  * the header and lines (free with sbw_order_free()).  The first line is a
  * Comment carrying the Shopify order name, so a merchant reading the BC
@@ -512,7 +720,7 @@ int
 sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
     sbw_bc_order_t *out, char *err, size_t errlen)
 {
-    int             rc, result, nbad;
+    int             rc, result, nbad, ntax;
     char            why[160], max[SBW_MONEY_BUFLEN], *title;
     size_t          i, cap;
     int64_t         id;
@@ -557,7 +765,8 @@ sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
         return SBW_MAP_NOMEM;
     }
 
-    v = json_object_get(order, "currency");
+    v = json_object_get(order, mc->money == SBW_MONEY_PRESENTMENT
+                               ? "presentment_currency" : "currency");
 
     if (json_is_string(v) && json_string_length(v) > 0) {
         out->currency = strdup(json_string_value(v));
@@ -579,6 +788,24 @@ sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
 
     out->taxes_included = json_is_true(json_object_get(order,
                                                        "taxes_included"));
+
+    v = json_object_get(order, "updated_at");
+
+    if (json_is_string(v) && json_string_length(v) < sizeof(out->updated_at)
+        && !sbw_has_nul(v))
+    {
+        snprintf(out->updated_at, sizeof(out->updated_at), "%s",
+                 json_string_value(v));
+    }
+
+    /* the total BC's document must reach */
+    out->shopify_total = -1;
+    s = mc->use_current && json_object_get(order, "current_total_price")
+        ? "current_total_price" : "total_price";
+
+    if (sbw_map_money(mc, order, s, &out->shopify_total) != 0) {
+        out->shopify_total = -1;
+    }
 
     /* the order name goes first, as a Comment line */
     memset(&line, 0, sizeof(line));
@@ -611,6 +838,7 @@ sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
 
     result = SBW_MAP_OK;
     nbad = 0;
+    ntax = 0;
 
     json_array_foreach(items, i, li) {
         if (!json_is_object(li)) {
@@ -622,11 +850,15 @@ sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
         }
 
         why[0] = '\0';
-        rc = sbw_map_item(mc, li, &line, why, sizeof(why));
+        rc = sbw_map_item(mc, li, &line, why, sizeof(why), &ntax);
 
         if (rc == SBW_MAP_NOMEM) {
             sbw_order_free(out);
             return SBW_MAP_NOMEM;
+        }
+
+        if (rc == SBW_MAP_SKIPPED) {
+            continue;
         }
 
         if (rc != SBW_MAP_OK) {
@@ -688,7 +920,7 @@ sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
         }
 
         why[0] = '\0';
-        rc = sbw_map_shipping(mc, li, &line, why, sizeof(why));
+        rc = sbw_map_shipping(mc, li, &line, why, sizeof(why), &ntax);
 
         if (rc == SBW_MAP_NOMEM) {
             sbw_order_free(out);
@@ -714,10 +946,16 @@ sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
         }
     }
 
+    if (result == SBW_MAP_OK && mc->tax_line && !out->taxes_included) {
+        result = sbw_map_tax_lines(mc, order, out, &cap, err, errlen);
+    }
+
     if (result != SBW_MAP_OK) {
         sbw_order_free(out);
         return result;
     }
+
+    out->ntax_lines = ntax;
 
     /* each line is within the bound, and so must their sum be */
     for (i = 0; i < out->nlines; i++) {
@@ -825,6 +1063,84 @@ sbw_buf_money(sbw_buf_t *b, int64_t cents)
 
 
 /*
+ * One line as a JSON object: the whole line, or (amounts_only) the body
+ * of a PATCH that changes its description, quantity, price, discount and
+ * tax code.
+ */
+static void
+sbw_buf_line(sbw_buf_t *b, const sbw_bc_line_t *l, int amounts_only)
+{
+    char  num[32];
+
+    sbw_buf_str(b, "{");
+
+    if (!amounts_only) {
+        switch (l->type) {
+
+        case SBW_LINE_COMMENT:
+            sbw_buf_str(b, "\"lineType\":\"Comment\",\"description\":");
+            sbw_buf_json_string(b, l->description);
+            sbw_buf_str(b, "}");
+            return;
+
+        case SBW_LINE_ITEM:
+            sbw_buf_str(b, "\"lineType\":\"Item\"");
+            break;
+
+        default:
+            sbw_buf_str(b, "\"lineType\":\"Account\"");
+            break;
+        }
+
+        sbw_buf_str(b, ",\"lineObjectNumber\":");
+        sbw_buf_json_string(b, l->number);
+        sbw_buf_str(b, ",");
+    }
+
+    sbw_buf_str(b, "\"description\":");
+    sbw_buf_json_string(b, l->description);
+    sbw_buf_str(b, ",");
+
+    snprintf(num, sizeof(num), "\"quantity\":%lld", (long long) l->quantity);
+    sbw_buf_str(b, num);
+
+    sbw_buf_str(b, ",\"unitPrice\":");
+    sbw_buf_money(b, l->unit_price);
+    sbw_buf_str(b, ",\"discountAmount\":");
+    sbw_buf_money(b, l->discount);
+
+    if (l->tax_code != NULL) {
+        sbw_buf_str(b, ",\"taxCode\":");
+        sbw_buf_json_string(b, l->tax_code);
+    }
+
+    sbw_buf_str(b, "}");
+}
+
+
+/*
+ * The JSON body of POST .../salesOrderLines for one line (amounts_only:
+ * of a PATCH of its quantity, price, discount and tax code).  The
+ * caller frees it; NULL means out of memory.
+ */
+char *
+sbw_order_line_payload(const sbw_bc_line_t *l, int amounts_only)
+{
+    sbw_buf_t  b;
+
+    memset(&b, 0, sizeof(b));
+    sbw_buf_line(&b, l, amounts_only);
+
+    if (b.failed) {
+        free(b.data);
+        return NULL;
+    }
+
+    return b.data;
+}
+
+
+/*
  * The JSON body of POST .../salesOrders for o, with the lines nested as
  * salesOrderLines (deep insert: header and lines in one request, so BC
  * creates all of it or nothing).  The caller frees the text; NULL means
@@ -833,10 +1149,8 @@ sbw_buf_money(sbw_buf_t *b, int64_t cents)
 char *
 sbw_order_payload(const sbw_bc_order_t *o)
 {
-    char            num[32];
-    size_t          i;
-    sbw_buf_t       b;
-    sbw_bc_line_t  *l;
+    size_t     i;
+    sbw_buf_t  b;
 
     memset(&b, 0, sizeof(b));
 
@@ -855,44 +1169,14 @@ sbw_order_payload(const sbw_bc_order_t *o)
         sbw_buf_json_string(&b, o->currency);
     }
 
+    sbw_buf_str(&b, o->taxes_included ? ",\"pricesIncludeTax\":true"
+                                      : ",\"pricesIncludeTax\":false");
+
     sbw_buf_str(&b, ",\"salesOrderLines\":[");
 
     for (i = 0; i < o->nlines; i++) {
-        l = &o->lines[i];
-
-        sbw_buf_str(&b, i ? ",{" : "{");
-
-        switch (l->type) {
-
-        case SBW_LINE_COMMENT:
-            sbw_buf_str(&b, "\"lineType\":\"Comment\",\"description\":");
-            sbw_buf_json_string(&b, l->description);
-            sbw_buf_str(&b, "}");
-            continue;
-
-        case SBW_LINE_ITEM:
-            sbw_buf_str(&b, "\"lineType\":\"Item\"");
-            break;
-
-        default:
-            sbw_buf_str(&b, "\"lineType\":\"Account\"");
-            break;
-        }
-
-        sbw_buf_str(&b, ",\"lineObjectNumber\":");
-        sbw_buf_json_string(&b, l->number);
-        sbw_buf_str(&b, ",\"description\":");
-        sbw_buf_json_string(&b, l->description);
-
-        snprintf(num, sizeof(num), ",\"quantity\":%lld",
-                 (long long) l->quantity);
-        sbw_buf_str(&b, num);
-
-        sbw_buf_str(&b, ",\"unitPrice\":");
-        sbw_buf_money(&b, l->unit_price);
-        sbw_buf_str(&b, ",\"discountAmount\":");
-        sbw_buf_money(&b, l->discount);
-        sbw_buf_str(&b, "}");
+        sbw_buf_str(&b, i ? "," : "");
+        sbw_buf_line(&b, &o->lines[i], 0);
     }
 
     sbw_buf_str(&b, "]}");

@@ -14,6 +14,7 @@
 
 #include <jansson.h>
 
+#include "config.h"
 #include "text.h"
 
 
@@ -22,10 +23,12 @@
 #define SBW_MAP_UNSUPPORTED  1    /* lines the worker cannot book yet */
 #define SBW_MAP_INVALID      2    /* not a usable order payload */
 #define SBW_MAP_NOMEM       -1
+#define SBW_MAP_SKIPPED      3    /* internal: a line with nothing left */
 
 /* ledger / log error codes for the two refusals above */
 #define SBW_MAP_ERR_UNSUPPORTED  "Mapping_UnsupportedLines"
 #define SBW_MAP_ERR_INVALID      "Mapping_InvalidOrder"
+#define SBW_MAP_ERR_MISMATCH     "Mapping_TotalMismatch"
 
 /* prefix of every externalDocumentNumber the worker writes */
 #define SBW_EXTDOC_PREFIX  "SHOPIFY-"
@@ -62,6 +65,7 @@ typedef struct {
     int64_t           unit_price;     /* cents */
     int64_t           discount;       /* cents */
     int64_t           amount;         /* quantity x price - discount */
+    const char       *tax_code;       /* taxCode to send, NULL: BC's */
 } sbw_bc_line_t;
 
 
@@ -76,6 +80,9 @@ typedef struct {
     sbw_bc_line_t   *lines;
     size_t           nlines;
     int64_t          lines_total;     /* sum of line amounts, cents */
+    int64_t          shopify_total;   /* what BC's total must be; -1: ? */
+    int              ntax_lines;      /* tax amounts Shopify rounded */
+    char             updated_at[40];  /* Shopify's updated_at, or "" */
 } sbw_bc_order_t;
 
 
@@ -87,15 +94,25 @@ typedef struct {
     const char    *tip_account;       /* NULL: such lines are refused */
     const char    *gift_card_account;
     const char    *custom_line_account;
+    const char    *nontaxable_code;   /* taxCode of lines Shopify did not
+                                         tax; NULL or "none": not sent */
+    const char    *tax_account;       /* tax_line: Shopify's tax here */
+    int            money;             /* SBW_MONEY_SHOP / _PRESENTMENT */
+    int            tax_line;          /* BC365_TAX_POLICY=line */
+    int            use_current;       /* orders/updated: the current
+                                         quantities and total */
 } sbw_map_conf_t;
 
 
 json_t *sbw_order_parse(const char *body, size_t len, json_error_t *err);
 int sbw_order_id(const json_t *order, int64_t *id);
 void sbw_external_doc_number(int64_t order_id, char *out, size_t len);
+int sbw_map_money(const sbw_map_conf_t *mc, const json_t *obj,
+    const char *field, int64_t *cents);
 int sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
     sbw_bc_order_t *out, char *err, size_t errlen);
 char *sbw_order_payload(const sbw_bc_order_t *o);
+char *sbw_order_line_payload(const sbw_bc_line_t *l, int amounts_only);
 void sbw_order_free(sbw_bc_order_t *o);
 
 

@@ -34,6 +34,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "order_map.h"
+#include "orders_sync.h"
 #include "shops.h"
 #include "stream.h"
 #include "worker.h"
@@ -69,6 +70,7 @@ struct sbw_worker_s {
     sbw_ledger_t             ledger;
     sbw_bc_t                 bc;
     sbw_map_conf_t           mc;
+    sbw_sync_t               sync;        /* orders_sync.c context */
     sbw_rng_t                rng;
     char                     owner[200];     /* name/index#instance */
     char                     owner_prefix[160];
@@ -143,10 +145,14 @@ static int sbw_worker_shops(sbw_worker_t *w, const sbw_entry_t *e,
     unsigned attempts, long *delay_ms);
 static int sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
     sbw_order_ctx_t *oc, int map_rc, sbw_bc_order_t *o,
-    const char *map_err, unsigned attempts, long *delay_ms);
+    const char *map_err, const json_t *order, unsigned attempts,
+    long *delay_ms);
+static int sbw_worker_sync_done(sbw_worker_t *w, const sbw_entry_t *e,
+    sbw_order_ctx_t *oc, sbw_sync_result_t *sr, unsigned attempts,
+    long *delay_ms);
 static void sbw_customer_cache_setup(void);
 static int sbw_worker_customer(sbw_worker_t *w, sbw_order_ctx_t *oc,
-    sbw_bc_order_t *o, sbw_bc_result_t *res);
+    sbw_bc_order_t *o, const json_t *order, sbw_bc_result_t *res);
 static int sbw_queue_has(sbw_worker_t *w, const char *id);
 static void sbw_queue_push(sbw_worker_t *w, const sbw_entry_t *e,
     unsigned attempts, long delay_ms);
@@ -467,7 +473,10 @@ sbw_worker_process(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
 
     topic = e->topic ? e->topic : "";
 
-    if (strcmp(topic, SBW_TOPIC_ORDERS_CREATE) == 0) {
+    if (strcmp(topic, SBW_TOPIC_ORDERS_CREATE) == 0
+        || strcmp(topic, SBW_TOPIC_ORDERS_UPDATED) == 0
+        || strcmp(topic, SBW_TOPIC_ORDERS_CANCELLED) == 0)
+    {
         return sbw_worker_order(w, e, attempts, delay_ms);
     }
 
@@ -553,9 +562,10 @@ sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
     char              key[32], map_err[1024], extdoc[SBW_CODE35_BUFLEN];
     char              order_name[128], shop[SBW_SHOP_BUFLEN];
     char              email[SBW_EMAIL_BUFLEN];
-    json_t           *order;
+    json_t           *order, *skus;
     int64_t           order_id;
     char             *near;
+    sbw_map_conf_t    mc;
     const char       *reason, *name;
     json_error_t      jerr;
     sbw_bc_order_t    o;
@@ -601,7 +611,7 @@ sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
 
             sbw_log_order(SBW_LOG_ERROR, "entry_invalid", &oc,
                           json_pack("{s:s,s:s,s:s,s:i,s:i}",
-                                    "topic", SBW_TOPIC_ORDERS_CREATE,
+                                    "topic", e->topic,
                                     "message", reason,
                                     "json_error", jerr.text,
                                     "json_line", (json_int_t) jerr.line,
@@ -611,7 +621,7 @@ sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
         } else {
             sbw_log_order(SBW_LOG_ERROR, "entry_invalid", &oc,
                           json_pack("{s:s,s:s}",
-                                    "topic", SBW_TOPIC_ORDERS_CREATE,
+                                    "topic", e->topic,
                                     "message", reason));
         }
 
@@ -625,7 +635,7 @@ sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
             return SBW_RETRY;
         }
 
-        sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "invalid");
+        sbw_metrics_entry(e->topic, "invalid");
         sbw_worker_ack(w, e);
         return SBW_DONE;
     }
@@ -638,16 +648,37 @@ sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
     snprintf(order_name, sizeof(order_name), "%s", name ? name : "");
     oc.order_name = order_name;
 
-    if (w->conf->customer_strategy == SBW_CUSTOMER_EMAIL
+    if (w->conf->customer_strategy != SBW_CUSTOMER_DEFAULT
         && sbw_order_email(order, email, sizeof(email)) == 0)
     {
         oc.email = email;
     }
 
-    map_rc = sbw_order_map(&w->mc, order, &o, map_err, sizeof(map_err));
-    json_decref(order);
+    /*
+     * the SKU map of this order's SKUs from bc_sku_map; an edited or
+     * cancelled order is mapped with its current quantities and total
+     */
+    mc = w->mc;
+    mc.use_current = strcmp(e->topic, SBW_TOPIC_ORDERS_CREATE) != 0;
+    skus = sbw_sync_sku_map(&w->ledger, order);
+
+    if (skus == NULL) {
+        sbw_log_order(SBW_LOG_WARN, "postgres_error", &oc,
+                      json_pack("{s:s}", "message", w->ledger.errstr));
+        json_decref(order);
+        sbw_metrics_set_postgres_up(0);
+        sbw_ledger_close(&w->ledger);
+        *delay_ms = sbw_worker_delay(w, attempts, -1);
+        sbw_metrics_retry("postgres");
+        return SBW_RETRY;
+    }
+
+    mc.sku_map = skus;
+    map_rc = sbw_order_map(&mc, order, &o, map_err, sizeof(map_err));
+    json_decref(skus);
 
     if (map_rc == SBW_MAP_NOMEM) {
+        json_decref(order);
         *delay_ms = sbw_worker_delay(w, attempts, -1);
         sbw_metrics_retry("memory");
         return SBW_RETRY;
@@ -657,16 +688,18 @@ sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
     snprintf(key, sizeof(key), "%lld", (long long) order_id);
 
     if (sbw_inflight_enter(key) != 0) {
+        json_decref(order);
         sbw_order_free(&o);
         *delay_ms = 500 + (long) sbw_rng_below(&w->rng, 1000);
         sbw_metrics_retry("order_busy");
         return SBW_RETRY;
     }
 
-    rc = sbw_worker_order_locked(w, e, &oc, map_rc, &o, map_err, attempts,
-                                 delay_ms);
+    rc = sbw_worker_order_locked(w, e, &oc, map_rc, &o, map_err, order,
+                                 attempts, delay_ms);
 
     sbw_inflight_leave(key);
+    json_decref(order);
 
     if (map_rc == SBW_MAP_OK) {
         sbw_order_free(&o);
@@ -692,9 +725,12 @@ sbw_worker_order(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
 static int
 sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
     sbw_order_ctx_t *oc, int map_rc, sbw_bc_order_t *o, const char *map_err,
-    unsigned attempts, long *delay_ms)
+    const json_t *order, unsigned attempts, long *delay_ms)
 {
-    int                locked, tries, found, same_name;
+    int                locked, tries, found, same_name, is_create;
+    json_t            *extra;
+    sbw_sync_row_t     srow;
+    sbw_sync_result_t  sr;
     char               code[128], msg[512], *payload;
     char               bc_id[64], bc_number[64];
     long               guard_ms;
@@ -705,6 +741,8 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
 
     memset(&res, 0, sizeof(res));
     res.retry_after_ms = -1;
+    sbw_sync_result_init(&sr);
+    is_create = strcmp(e->topic, SBW_TOPIC_ORDERS_CREATE) == 0;
 
     /* 1. PostgreSQL connection and the order's lock */
     if (sbw_ledger_connect(&w->ledger) != 0) {
@@ -770,13 +808,65 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
                                 "order id; handled as the same order"));
     }
 
+    /*
+     * the order's BC company: the one recorded with the order, else the
+     * shop's (the shop of the ledger row, the first delivery's)
+     */
+    if (sbw_sync_read(&w->ledger, oc->order_id, &srow) != 0) {
+        sbw_log_order(SBW_LOG_WARN, "postgres_error", oc,
+                      json_pack("{s:s}", "message", w->ledger.errstr));
+        goto retry_pg;
+    }
+
+    if (sbw_sync_use_company(&w->sync, &srow, row.shop) != 0) {
+        goto retry_pg;
+    }
+
+    /*
+     * an order in BC: a pending totals check, or an update or a
+     * cancellation to apply (orders_sync.c); an edited order the mapping
+     * refuses goes to review
+     */
+    if (strcmp(row.state, "created") == 0 && map_rc != SBW_MAP_OK
+        && !is_create)
+    {
+        snprintf(sr.code, sizeof(sr.code), "%s", map_rc
+                 == SBW_MAP_UNSUPPORTED ? SBW_MAP_ERR_UNSUPPORTED
+                                        : SBW_MAP_ERR_INVALID);
+        snprintf(sr.message, sizeof(sr.message), "%.500s", map_err);
+        sr.action = SBW_SYNC_REVIEW;
+        sr.level = SBW_LOG_ERROR;
+        sr.event = "order_conflict";
+        sr.extra = json_pack("{s:s,s:s}", "bc_error_code", sr.code,
+                             "message", map_err);
+        return sbw_worker_sync_done(w, e, oc, &sr, attempts, delay_ms);
+    }
+
+    if (strcmp(row.state, "created") == 0 && map_rc == SBW_MAP_OK) {
+        sbw_sync_created(&w->sync, oc->order_id, &srow, o, srow.doc_type,
+                         row.bc_id, e->topic, &sr);
+
+        if (sr.action == SBW_SYNC_ACK && sr.event == NULL
+            && sr.extra != NULL)
+        {
+            /* a totals check an earlier try left pending, now done */
+            sr.event = "order_totals";
+        }
+
+        if (sr.action != SBW_SYNC_ACK || sr.event != NULL) {
+            return sbw_worker_sync_done(w, e, oc, &sr, attempts, delay_ms);
+        }
+
+        sbw_sync_result_clear(&sr);
+    }
+
     if (strcmp(row.state, "created") == 0) {
         sbw_worker_replayed(w, e, oc, row.bc_number);
         sbw_ledger_unlock(&w->ledger, oc->order_id);
         sbw_log_order(SBW_LOG_INFO, "order_duplicate", oc,
                       json_pack("{s:s}", "bc_number", row.bc_number));
         sbw_metrics_order_deduped();
-        sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "duplicate");
+        sbw_metrics_entry(e->topic, "duplicate");
         sbw_worker_ack(w, e);
         return SBW_DONE;
     }
@@ -785,7 +875,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
         sbw_ledger_unlock(&w->ledger, oc->order_id);
         sbw_log_order(SBW_LOG_INFO, "order_duplicate_failed", oc,
                       json_pack("{s:s}", "bc_error_code", row.error_code));
-        sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "duplicate_failed");
+        sbw_metrics_entry(e->topic, "duplicate_failed");
         sbw_worker_ack(w, e);
         return SBW_DONE;
     }
@@ -806,10 +896,16 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
                       json_pack("{s:s,s:s}", "bc_error_code", code,
                                 "message", map_err));
         sbw_metrics_order_failed("mapping");
-        sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "failed");
+        sbw_metrics_entry(e->topic, "failed");
         sbw_worker_ack(w, e);
 
         return SBW_DONE;
+    }
+
+    /* a cancellation of an order BC never got: nothing to create */
+    if (strcmp(e->topic, SBW_TOPIC_ORDERS_CANCELLED) == 0 && !row.in_doubt) {
+        sbw_sync_cancel_before_create(&w->sync, oc->order_id, o, &sr);
+        return sbw_worker_sync_done(w, e, oc, &sr, attempts, delay_ms);
     }
 
     /* 4. an earlier attempt's outcome is unknown: look in BC first */
@@ -875,7 +971,6 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
             }
 
             sbw_worker_replayed(w, e, oc, doc.number);
-            sbw_ledger_unlock(&w->ledger, oc->order_id);
             sbw_log_order(doc.matches > 1 ? SBW_LOG_WARN : SBW_LOG_INFO,
                           "order_recovered", oc,
                           json_pack("{s:s,s:s,s:i,s:i}",
@@ -885,10 +980,23 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
                                     "attempts", (json_int_t) row.attempts));
             sbw_metrics_order_recovered();
             sbw_metrics_order_deduped();
-            sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "recovered");
+            sbw_metrics_entry(e->topic, "recovered");
             sbw_bc_result_clear(&res);
-            sbw_worker_ack(w, e);
-            return SBW_DONE;
+
+            /*
+             * then, as for an order the ledger knew: its totals check, or
+             * the update or cancellation this delivery carries
+             */
+            sbw_sync_created(&w->sync, oc->order_id, &srow, o,
+                             doc.doc_type, doc.id, e->topic, &sr);
+
+            if (sr.action == SBW_SYNC_ACK && sr.event == NULL
+                && sr.extra != NULL)
+            {
+                sr.event = "order_totals";
+            }
+
+            return sbw_worker_sync_done(w, e, oc, &sr, attempts, delay_ms);
         }
 
         sbw_bc_result_clear(&res);
@@ -922,6 +1030,15 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
             sbw_metrics_retry("in_doubt_wait");
             return SBW_RETRY;
         }
+
+        /*
+         * a cancellation of an order BC has not got (and, the wait over,
+         * will not get from an earlier attempt): nothing to create
+         */
+        if (strcmp(e->topic, SBW_TOPIC_ORDERS_CANCELLED) == 0) {
+            sbw_sync_cancel_before_create(&w->sync, oc->order_id, o, &sr);
+            return sbw_worker_sync_done(w, e, oc, &sr, attempts, delay_ms);
+        }
     }
 
     /*
@@ -929,7 +1046,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
      * is retried like a POST that was not sent, and leaves in_doubt as it
      * was
      */
-    if (sbw_worker_customer(w, oc, o, &res) != 0) {
+    if (sbw_worker_customer(w, oc, o, order, &res) != 0) {
         sbw_bc_describe(&res, code, sizeof(code), msg, sizeof(msg));
         *delay_ms = sbw_worker_delay(w, attempts, res.retry_after_ms);
         sbw_ledger_retry(&w->ledger, oc->order_id, row.in_doubt, code, msg,
@@ -988,19 +1105,34 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
         }
 
         sbw_worker_replayed(w, e, oc, bc_number);
-        sbw_ledger_unlock(&w->ledger, oc->order_id);
-        sbw_log_order(SBW_LOG_INFO, "order_created", oc,
-                      json_pack("{s:s,s:s,s:i,s:i,s:i}",
-                                "bc_number", bc_number, "bc_id", bc_id,
-                                "lines", (json_int_t) o->nlines,
-                                "attempts", (json_int_t) tries,
-                                "bc_ms", (json_int_t) (res.seconds
-                                                       * 1000.0)));
         sbw_metrics_order_pushed(res.seconds);
-        sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "created");
+        sbw_metrics_entry(e->topic, "created");
+
+        /* BC's total against Shopify's (orders_sync.c) */
+        extra = json_pack("{s:s,s:s,s:i,s:i,s:i,s:s,s:s}",
+                          "bc_number", bc_number, "bc_id", bc_id,
+                          "lines", (json_int_t) o->nlines,
+                          "attempts", (json_int_t) tries,
+                          "bc_ms", (json_int_t) (res.seconds * 1000.0),
+                          "company", w->sync.company,
+                          "customer", o->customer_number);
+        sbw_sync_after_create(&w->sync, oc->order_id, o, bc_id, res.body,
+                              e->topic, &sr);
         sbw_bc_result_clear(&res);
-        sbw_worker_ack(w, e);
-        return SBW_DONE;
+
+        /* one line: the order, and its totals when they were checked */
+        if (sr.action == SBW_SYNC_ACK && sr.event == NULL) {
+            if (extra != NULL && sr.extra != NULL) {
+                json_object_update(extra, sr.extra);
+            }
+
+            json_decref(sr.extra);
+            sr.extra = NULL;
+        }
+
+        sbw_log_order(SBW_LOG_INFO, "order_created", oc, extra);
+
+        return sbw_worker_sync_done(w, e, oc, &sr, attempts, delay_ms);
 
     case SBW_BC_PERMANENT:
         sbw_bc_describe(&res, code, sizeof(code), msg, sizeof(msg));
@@ -1020,7 +1152,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
                                 "correlation_id", res.correlation_id,
                                 "attempts", (json_int_t) tries));
         sbw_metrics_order_failed("bc");
-        sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "failed");
+        sbw_metrics_entry(e->topic, "failed");
         sbw_bc_result_clear(&res);
         sbw_worker_ack(w, e);
 
@@ -1048,7 +1180,7 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
                           : res.status >= 500 ? "bc_5xx"
                           : res.curl_code != 0 ? "bc_transport"
                           : "bc_other");
-        sbw_metrics_entry(SBW_TOPIC_ORDERS_CREATE, "retry");
+        sbw_metrics_entry(e->topic, "retry");
         sbw_bc_result_clear(&res);
         return SBW_RETRY;
     }
@@ -1063,6 +1195,79 @@ retry_pg:
     sbw_metrics_retry("postgres");
 
     return SBW_RETRY;
+}
+
+
+/*
+ * Finish an entry after an orders_sync.c step: one log line, then
+ * acknowledge, dead-letter for review and acknowledge, or leave it for a
+ * retry.  The order's lock is released in every case.
+ */
+static int
+sbw_worker_sync_done(sbw_worker_t *w, const sbw_entry_t *e,
+    sbw_order_ctx_t *oc, sbw_sync_result_t *sr, unsigned attempts,
+    long *delay_ms)
+{
+    switch (sr->action) {
+
+    case SBW_SYNC_PGFAIL:
+        sbw_log_order(SBW_LOG_WARN, "postgres_error", oc,
+                      json_pack("{s:s}", "message", w->ledger.errstr));
+        sbw_sync_result_clear(sr);
+        sbw_metrics_set_postgres_up(0);
+        sbw_ledger_unlock(&w->ledger, oc->order_id);
+        sbw_ledger_close(&w->ledger);
+        *delay_ms = sbw_worker_delay(w, attempts, -1);
+        sbw_metrics_retry("postgres");
+        return SBW_RETRY;
+
+    case SBW_SYNC_RETRY:
+        sbw_ledger_unlock(&w->ledger, oc->order_id);
+        *delay_ms = sbw_worker_delay(w, attempts, sr->res.retry_after_ms);
+
+        if (sr->extra != NULL) {
+            json_object_set_new(sr->extra, "retry_in_ms",
+                                json_integer((json_int_t) *delay_ms));
+        }
+
+        sbw_log_order(SBW_LOG_WARN, "order_retry", oc, sr->extra);
+        sr->extra = NULL;
+        sbw_metrics_retry("bc_sync");
+        sbw_metrics_entry(e->topic, "retry");
+        sbw_sync_result_clear(sr);
+        return SBW_RETRY;
+
+    case SBW_SYNC_REVIEW:
+        sbw_ledger_unlock(&w->ledger, oc->order_id);
+        sbw_log_order(SBW_LOG_ERROR, sr->event ? sr->event : "order_review",
+                      oc, sr->extra);
+        sr->extra = NULL;
+        sbw_metrics_entry(e->topic, "review");
+
+        if (sbw_worker_park(w, e, oc, sr->code, sr->message,
+                            sr->res.correlation_id, (int) attempts, 0)
+            == 0)
+        {
+            sbw_worker_ack(w, e);
+        }
+
+        sbw_sync_result_clear(sr);
+        return SBW_DONE;
+
+    default:
+        sbw_ledger_unlock(&w->ledger, oc->order_id);
+
+        if (sr->event != NULL) {
+            sbw_log_order(sr->level, sr->event, oc, sr->extra);
+            sr->extra = NULL;
+            sbw_metrics_entry(e->topic, strncmp(sr->event, "order_", 6)
+                                        == 0 ? sr->event + 6 : sr->event);
+        }
+
+        sbw_sync_result_clear(sr);
+        sbw_worker_ack(w, e);
+        return SBW_DONE;
+    }
 }
 
 
@@ -1085,10 +1290,11 @@ sbw_customer_cache_setup(void)
  */
 static int
 sbw_worker_customer(sbw_worker_t *w, sbw_order_ctx_t *oc, sbw_bc_order_t *o,
-    sbw_bc_result_t *res)
+    const json_t *order, sbw_bc_result_t *res)
 {
     int    found;
     char   number[SBW_CUSTOMER_NO_BUFLEN], *dup;
+    char   key[SBW_CUSTOMER_KEY_BUFLEN];
 
     if (oc->email == NULL) {
         return 0;
@@ -1096,7 +1302,10 @@ sbw_worker_customer(sbw_worker_t *w, sbw_order_ctx_t *oc, sbw_bc_order_t *o,
 
     pthread_once(&sbw_customer_once, sbw_customer_cache_setup);
 
-    if (!sbw_customer_cache_get(&sbw_customer_cache, oc->email, sbw_mono(),
+    /* customers belong to a company */
+    snprintf(key, sizeof(key), "%s/%s", w->sync.company, oc->email);
+
+    if (!sbw_customer_cache_get(&sbw_customer_cache, key, sbw_mono(),
                                 number, sizeof(number)))
     {
         found = sbw_bc_find_customer(&w->bc, oc->email, number,
@@ -1105,7 +1314,32 @@ sbw_worker_customer(sbw_worker_t *w, sbw_order_ctx_t *oc, sbw_bc_order_t *o,
             return -1;
         }
 
-        sbw_customer_cache_put(&sbw_customer_cache, oc->email,
+        /* strategy create: BC has none, make one */
+        if (found == 0
+            && w->conf->customer_strategy == SBW_CUSTOMER_CREATE)
+        {
+            sbw_bc_result_clear(res);
+            found = sbw_sync_customer_create(&w->sync, order, oc->email,
+                                             number, sizeof(number), res);
+            if (found < 0) {
+                return -1;
+            }
+
+            if (found == 0) {
+                sbw_log_order(SBW_LOG_WARN, "customer_refused", oc,
+                              json_pack("{s:s,s:s,s:s}", "bc_error_code",
+                                        res->error_code, "message",
+                                        res->error_message, "customer",
+                                        o->customer_number));
+                sbw_bc_result_clear(res);
+
+            } else {
+                sbw_log_order(SBW_LOG_INFO, "customer_created", oc,
+                              json_pack("{s:s}", "customer", number));
+            }
+        }
+
+        sbw_customer_cache_put(&sbw_customer_cache, key,
                                found ? number : "", sbw_mono());
     }
 
@@ -1826,6 +2060,14 @@ sbw_worker_new(const sbw_worker_env_t *env, int index)
     w->mc.tip_account = env->conf->tip_account;
     w->mc.gift_card_account = env->conf->gift_card_account;
     w->mc.custom_line_account = env->conf->custom_line_account;
+    w->mc.nontaxable_code = env->conf->nontaxable_code;
+    w->mc.tax_account = env->conf->tax_account;
+    w->mc.money = env->conf->order_money;
+    w->mc.tax_line = env->conf->tax_policy == SBW_TAX_LINE;
+
+    w->sync.conf = env->conf;
+    w->sync.ledger = &w->ledger;
+    w->sync.bc = &w->bc;
 
     seed = (uint64_t) time(NULL) ^ ((uint64_t) index << 32)
            ^ (uint64_t) (uintptr_t) w;

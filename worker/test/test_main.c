@@ -45,6 +45,7 @@ main(void)
     failed += test_customer_run(&ran);
     failed += test_shops_run(&ran);
     failed += test_dlq_run(&ran);
+    failed += test_sync_run(&ran);
 
     printf("\n%d passed, %d failed\n", ran - failed, failed);
 

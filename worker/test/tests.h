@@ -23,6 +23,7 @@ int test_bc_run(int *ran);
 int test_customer_run(int *ran);
 int test_shops_run(int *ran);
 int test_dlq_run(int *ran);
+int test_sync_run(int *ran);
 
 const char *test_fixtures_dir(void);
 

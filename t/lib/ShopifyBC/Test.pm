@@ -420,6 +420,12 @@ sub worker_env {
         BC365_SHIPPING_ACCOUNT => $opt{shipping_account},
         SKU_MAP_JSON => '{}',
         VARIANT_MAP_FILE => "$TOP/fixtures/meta/variant-map.json",
+        # the fixtures' EUR shops book in the sandbox's EUR company
+        BC365_COMPANIES => '{"acme-demo-eu.myshopify.com":'
+            . '"a3e0c5d2-6f41-4b8e-9d27-c15e8b04f9a6",'
+            . '"acme-europe-webshop.myshopify.com":'
+            . '"a3e0c5d2-6f41-4b8e-9d27-c15e8b04f9a6"}',
+        BC365_ROUNDING_ACCOUNT => '40900',   # Rounding Differences
         METRICS_ADDR => '127.0.0.1:' . ($opt{metrics_port} // free_port()),
         LOG_LEVEL => 'debug',
         # a short in-doubt wait (default 11 min: BC's 10 min limit + 1)
