@@ -15,6 +15,7 @@ PACKAGES=(
     # tests and sandbox
     python3 python3-cryptography perl libtest-base-perl libwww-perl libtext-diff-perl
     libipc-run-perl liblist-moreutils-perl libtest-longstring-perl
+    libio-socket-ssl-perl
     curl procps openssl valgrind
     # benchmark
     wrk
