@@ -16,6 +16,7 @@
 
 #include "dlq.h"
 #include "errclass.h"
+#include "pg.h"
 
 
 /* the same transaction lock as the ledger's migration (ledger.c) */
@@ -72,37 +73,6 @@ static const char  sbw_dlq_schema_sql[] =
 static int sbw_dlq_params(PGconn *pg, const char *sql, int n,
     const char *const *params, ExecStatusType want, PGresult **out,
     char *err, size_t errlen);
-static void sbw_dlq_err(PGconn *pg, PGresult *res, char *err,
-    size_t errlen);
-
-
-/*
- * The server's message for a failed statement, on one line.
- */
-static void
-sbw_dlq_err(PGconn *pg, PGresult *res, char *err, size_t errlen)
-{
-    char        *p;
-    const char  *msg;
-
-    msg = res != NULL ? PQresultErrorMessage(res) : "";
-
-    if (msg == NULL || *msg == '\0') {
-        msg = pg != NULL ? PQerrorMessage(pg) : "no connection";
-    }
-
-    snprintf(err, errlen, "%s", msg);
-
-    for (p = err; *p; p++) {
-        if (*p == '\n' || *p == '\t' || *p == '\r') {
-            *p = ' ';
-        }
-    }
-
-    while (p > err && p[-1] == ' ') {
-        *--p = '\0';
-    }
-}
 
 
 /*
@@ -123,7 +93,7 @@ sbw_dlq_exec(PGconn *pg, const char *sql, char *err, size_t errlen)
     st = res != NULL ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        sbw_dlq_err(pg, res, err, errlen);
+        sbw_pg_error(pg, res, err, errlen);
         PQclear(res);
         return -1;
     }
@@ -137,29 +107,10 @@ static int
 sbw_dlq_params(PGconn *pg, const char *sql, int n, const char *const *params,
     ExecStatusType want, PGresult **out, char *err, size_t errlen)
 {
-    PGresult  *res;
-
-    if (pg == NULL) {
-        snprintf(err, errlen, "no connection");
-        return -1;
-    }
-
-    res = PQexecParams(pg, sql, n, NULL, params, NULL, NULL, 0);
-
-    if (res == NULL || PQresultStatus(res) != want) {
-        sbw_dlq_err(pg, res, err, errlen);
-        PQclear(res);
-        return -1;
-    }
-
-    if (out != NULL) {
-        *out = res;
-
-    } else {
-        PQclear(res);
-    }
-
-    return 0;
+    return sbw_pg_exec(pg, sql, n, params,
+                       want == PGRES_TUPLES_OK ? SBW_PG_TUPLES
+                                               : SBW_PG_COMMAND,
+                       out, err, errlen);
 }
 
 

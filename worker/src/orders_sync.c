@@ -21,6 +21,7 @@
 #include "metrics.h"
 #include "money.h"
 #include "orders_sync.h"
+#include "pg.h"
 #include "sync_map.h"
 #include "text.h"
 
@@ -101,33 +102,8 @@ static int
 sbw_sync_exec(sbw_ledger_t *l, const char *sql, int n,
     const char *const *params, PGresult **out)
 {
-    PGresult        *res;
-    ExecStatusType   st;
-
-    if (l->conn == NULL) {
-        snprintf(l->errstr, sizeof(l->errstr), "no connection");
-        return -1;
-    }
-
-    res = PQexecParams(l->conn, sql, n, NULL, params, NULL, NULL, 0);
-    st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        snprintf(l->errstr, sizeof(l->errstr), "%s",
-                 res ? PQresultErrorMessage(res) : PQerrorMessage(l->conn));
-        l->errstr[strcspn(l->errstr, "\n")] = '\0';
-        PQclear(res);
-        return -1;
-    }
-
-    if (out != NULL) {
-        *out = res;
-
-    } else {
-        PQclear(res);
-    }
-
-    return 0;
+    return sbw_pg_exec(l->conn, sql, n, params, SBW_PG_ANY, out, l->errstr,
+                       sizeof(l->errstr));
 }
 
 

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pg.h"
 #include "shops_db.h"
 
 
@@ -183,36 +184,7 @@ static const char  sbw_shops_due_sql[] =
 #define SBW_SHOP_LOCK_KEY  "hashtextextended('shops/' || $1, 0)"
 
 
-static void sbw_shops_set_err(PGconn *conn, PGresult *res, char *err,
-    size_t errlen);
 static int sbw_strv_push(char ***v, size_t *n, const char *s);
-
-
-static void
-sbw_shops_set_err(PGconn *conn, PGresult *res, char *err, size_t errlen)
-{
-    char        *p;
-    const char  *m;
-
-    m = res ? PQresultErrorMessage(res) : NULL;
-
-    if (m == NULL || *m == '\0') {
-        m = conn ? PQerrorMessage(conn) : "no connection";
-    }
-
-    snprintf(err, errlen, "%s", m);
-
-    for (p = err; *p; p++) {
-        if (*p == '\n' || *p == '\t' || *p == '\r') {
-            *p = ' ';
-        }
-    }
-
-    p = err + strlen(err);
-    while (p > err && p[-1] == ' ') {
-        *--p = '\0';
-    }
-}
 
 
 /*
@@ -224,32 +196,9 @@ sbw_shops_exec(PGconn *conn, const char *sql, int n,
     const char *const *params, int want_tuples, PGresult **out, char *err,
     size_t errlen)
 {
-    PGresult  *res;
-
-    if (conn == NULL) {
-        snprintf(err, errlen, "no connection");
-        return -1;
-    }
-
-    res = PQexecParams(conn, sql, n, NULL, params, NULL, NULL, 0);
-
-    if (res == NULL || PQresultStatus(res) != (want_tuples
-                                               ? PGRES_TUPLES_OK
-                                               : PGRES_COMMAND_OK))
-    {
-        sbw_shops_set_err(conn, res, err, errlen);
-        PQclear(res);
-        return -1;
-    }
-
-    if (out != NULL) {
-        *out = res;
-
-    } else {
-        PQclear(res);
-    }
-
-    return 0;
+    return sbw_pg_exec(conn, sql, n, params,
+                       want_tuples ? SBW_PG_TUPLES : SBW_PG_COMMAND, out,
+                       err, errlen);
 }
 
 
@@ -315,7 +264,7 @@ sbw_shops_migrate(PGconn *conn, char *err, size_t errlen)
 
 failed:
 
-    sbw_shops_set_err(conn, res, err, errlen);
+    sbw_pg_error(conn, res, err, errlen);
     PQclear(res);
     PQclear(PQexec(conn, "ROLLBACK"));
     return -1;
