@@ -162,7 +162,15 @@ def main():
                  ", rounding variance %s" % row[10]
                  if row[9] == "variance" else ""))
         if row[9] not in ("matched", "variance") or total != row[11]:
-            print("%-40s    totals: %s" % ("", row[9]))
+            print("%-40s    totals: %s" % ("", {
+                "": "no totals check on record (an order booked before the"
+                    " worker checked totals? scripts/stack.sh destroy"
+                    " starts afresh)",
+                "pending": "the totals check has not run yet",
+                "mismatch": "BC's total differs from Shopify's beyond the"
+                            " tolerance: a dead letter for review",
+            }.get(row[9], "%s, BC %s against Shopify %s"
+                  % (row[9], total, row[11] or "?"))))
             failures += name in MUST_SUCCEED
 
     print()

@@ -4,6 +4,8 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 
-"$top/scripts/stack.sh" up
+# the demo's stack holds only demo data: one left by an earlier version
+# is recreated rather than reused
+STACK_STALE=recreate "$top/scripts/stack.sh" up
 echo
 exec python3 "$top/scripts/demo.py"

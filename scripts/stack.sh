@@ -22,6 +22,12 @@ SANDBOX_PORT=${SANDBOX_PORT:-8481}
 METRICS_PORT=${METRICS_PORT:-9101}
 PG_CLUSTER=${PG_CLUSTER:-shopifybc}
 PG_VERSION=15
+# Raised when a stack made by an earlier version of this project cannot be
+# reused as it is (settings or data it lacks).  STACK_STALE=recreate (the
+# demo sets it) destroys such a stack and starts afresh; otherwise up
+# refuses and says how to start afresh.
+STACK_FORMAT=2
+STACK_STALE=${STACK_STALE:-refuse}
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -241,9 +247,33 @@ stop_pidfile() {
     rm -f "$pidfile"
 }
 
+check_format() {
+    local found=none
+
+    [ -d "$STACK_DIR" ] && [ -n "$(ls -A "$STACK_DIR" 2>/dev/null)" ] \
+        || return 0
+    [ -f "$STACK_DIR/format" ] && found=$(cat "$STACK_DIR/format")
+    [ "$found" = "$STACK_FORMAT" ] && return 0
+
+    if [ "$STACK_STALE" = recreate ]; then
+        say "$STACK_DIR was made by an earlier version (format $found," \
+            "this is $STACK_FORMAT): destroying it and starting afresh"
+        destroy
+        return 0
+    fi
+
+    say "$STACK_DIR was made by an earlier version (format $found, this" \
+        "is $STACK_FORMAT) and cannot be reused as it is;" \
+        "'scripts/stack.sh destroy' deletes it (the stack's data only)," \
+        "then run this again"
+    exit 1
+}
+
 up() {
+    check_format
     mkdir -p "$STACK_DIR"
     chmod 755 "$STACK_DIR"
+    echo "$STACK_FORMAT" > "$STACK_DIR/format"
     secrets
 
     BC365_TENANT_ID=sandbox-tenant
