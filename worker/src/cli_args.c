@@ -36,6 +36,13 @@ static const char *const  sbw_ledger_states[] = {
 };
 
 
+/* the options that take a value, of any verb */
+static const char *const  sbw_cli_value_options[] = {
+    "--shop", "--status", "--reason", "--state", "--limit", "--payload",
+    "--note", "--dlq", NULL
+};
+
+
 const char *
 sbw_cli_usage(void)
 {
@@ -52,6 +59,8 @@ sbw_cli_usage(void)
         "       shopify-bc-worker ledger show ORDER_ID\n"
         "       shopify-bc-worker ledger duplicates [--remove]\n"
         "       shopify-bc-worker dry-run FILE | --dlq ID\n"
+        "       shopify-bc-worker webhooks ensure --shop S\n"
+        "       shopify-bc-worker tokens encrypt --shop S < TOKEN\n"
         "every verb takes --json; settings come from the environment\n"
         "exit status: 0 done, 1 failed, 2 usage, 3 not found, 4 refused, "
         "5 duplicates left\n";
@@ -213,6 +222,11 @@ sbw_cli_parse(int argc, char **argv, sbw_cli_args_t *a, char *err,
         }
 
         if (strncmp(arg, "--", 2) == 0) {
+            if (!sbw_cli_one_of(arg, sbw_cli_value_options)) {
+                snprintf(err, errlen, "unknown option \"%s\"", arg);
+                return SBW_CLI_USAGE;
+            }
+
             if (i + 1 >= argc) {
                 snprintf(err, errlen, "%s needs a value", arg);
                 return SBW_CLI_USAGE;

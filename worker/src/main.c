@@ -67,8 +67,9 @@ sbw_usage(FILE *f)
           "  --drain[=MS]  exit once no new entry came for MS ms "
           "(default 2000)\n"
           "  --once        same as --drain with the default\n"
-          "settings are read from the environment, see "
-          "README-settings.md\n", f);
+          "settings are read from the environment (README.md, \"Worker "
+          "settings\"); the dlq, ledger, dry-run, webhooks and tokens "
+          "verbs: shopify-bc-worker dlq --help\n", f);
 }
 
 

@@ -129,11 +129,17 @@ test_payload_text(void **state)
 }
 
 
+static char  parse_err[256];
+
+
 static int
 parse(sbw_cli_args_t *a, const char *line)
 {
     int    argc;
-    char   buf[512], *argv[32], *p, err[256];
+    char   buf[512], *argv[32], *p, *err;
+
+    err = parse_err;
+    err[0] = '\0';
 
     snprintf(buf, sizeof(buf), "%s", line);
     argc = 0;
@@ -144,7 +150,7 @@ parse(sbw_cli_args_t *a, const char *line)
         argv[argc++] = p;
     }
 
-    return sbw_cli_parse(argc, argv, a, err, sizeof(err));
+    return sbw_cli_parse(argc, argv, a, err, sizeof(parse_err));
 }
 
 
@@ -180,6 +186,9 @@ test_cli_args(void **state)
     assert_int_equal(parse(&a, "dlq list --limit 0"), SBW_CLI_USAGE);
     assert_int_equal(parse(&a, "dlq list --state failed"), SBW_CLI_USAGE);
     assert_int_equal(parse(&a, "dlq list --shop"), SBW_CLI_USAGE);
+    assert_string_equal(parse_err, "--shop needs a value");
+    assert_int_equal(parse(&a, "ledger duplicates --bogus"), SBW_CLI_USAGE);
+    assert_string_equal(parse_err, "unknown option \"--bogus\"");
     assert_int_equal(parse(&a, "dlq frobnicate"), SBW_CLI_USAGE);
     assert_int_equal(parse(&a, "dlq"), SBW_CLI_USAGE);
 
