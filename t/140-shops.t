@@ -292,6 +292,18 @@ is_deeply subs_of($C), ["APP_UNINSTALLED $CALLBACK", "ORDERS_CREATE $CALLBACK"],
 
 my $basic = fixture('orders-create-basic.json');
 my $unicode = fixture('orders-create-unicode.json');
+# the shop header is not signed: a signed body of another shop uninstalls
+# nothing
+(my $other = fixture('app-uninstalled.json'))
+    =~ s/"myshopify_domain":\s*"acme-demo\.myshopify\.com"/"myshopify_domain":"other.myshopify.com"/
+    or die 'fixture changed';
+xadd('app/uninstalled', $A, $other, triggered_at => '2099-01-01T00:00:00Z');
+wait_until('the foreign uninstall dead-lettered', 15, sub {
+    row("SELECT count(*) FROM dead_letters WHERE shop = '$A'"
+        . " AND topic = 'app/uninstalled'"
+        . " AND error_code = 'Shops_InvalidEntry'")->[0] == 1 });
+is shop_row($A)->[0], 'active', 'A: an uninstall whose body names another shop changes nothing';
+
 xadd('app/uninstalled', $A, fixture('app-uninstalled.json'),
      triggered_at => '2099-01-01T00:00:00Z');
 wait_until('A uninstalled', 15, sub { shop_row($A)->[0] eq 'uninstalled' });
@@ -357,7 +369,8 @@ is row("SELECT count(*) FROM bc_order_ledger WHERE shopify_order_id = 6021450011
 is row("SELECT count(*) FROM dead_letters WHERE payload LIKE '%6021450011004%'"
        . " OR shopify_order_id = 6021450011004")->[0], 0,
     'redact: dead_letters rows gone (by payload, and by order id)';
-is row("SELECT count(*) FROM dead_letters WHERE shop = '$A'")->[0], 1,
+is row("SELECT count(*) FROM dead_letters WHERE shop = '$A'"
+       . " AND topic = 'orders/create'")->[0], 1,
     'redact: the other dead letter stays';
 like audit($A, 'customers_redact')->[1], qr/"stream_entries": 1\b/,
     'redact: the audit row counts the entries, holds no e-mail';

@@ -541,4 +541,30 @@ sub late_post {
     stop_worker($w);
 }
 
+# --- entries the worker cannot use yet or at all: parked, never held ------
+{
+    my $w = worker_with(name => 'parker');
+    # an install while SHOPIFY_TOKEN_KEY is not set: kept pending, it would
+    # hold back trimming for as long as the setting is missing
+    redis('XADD', $stream, '*', 'topic', 'shopify/installed', 'shop', $SHOP,
+          'webhook_id', webhook('install-nokey'),
+          'body', qq({"shop":"$SHOP","scope":"read_orders",)
+                  . qq("access_token":"v1.AAAA"}));
+    # an entry without a topic (the intake never writes one)
+    my ($id, $body) = order_body();
+    redis('XADD', $stream, '*', 'shop', $SHOP,
+          'webhook_id', webhook($id, 'no-topic'), 'body', $body);
+    wait_until('both parked', 20, sub {
+        sq1("SELECT count(*) FROM dead_letters WHERE"
+            . " (error_code = 'Shops_NoTokenKey'"
+            . "  AND reason = 'shopify_install')"
+            . " OR (webhook_id = '" . webhook($id, 'no-topic') . "'"
+            . "  AND reason = 'invalid_entry')") == 2;
+    });
+    pass('an install without the token key and an entry without a topic'
+         . ' are dead letters');
+    wait_until('nothing pending', 20, sub { pending() eq '0' });
+    stop_worker($w);
+}
+
 done_testing();

@@ -88,7 +88,7 @@ static int sbw_shops_ensure(sbw_shops_ctx_t *ctx, PGconn *conn,
 static int sbw_shops_installed(sbw_shops_ctx_t *ctx, PGconn *conn,
     const sbw_entry_t *e, const char *shop, sbw_shops_dead_t *dead);
 static int sbw_shops_uninstalled(sbw_shops_ctx_t *ctx, PGconn *conn,
-    const sbw_entry_t *e, const char *shop);
+    const sbw_entry_t *e, const char *shop, sbw_shops_dead_t *dead);
 static void *sbw_shops_maint_run(void *arg);
 static int sbw_shops_cli_encrypt(const char *shop);
 
@@ -792,14 +792,6 @@ sbw_shops_installed(sbw_shops_ctx_t *ctx, PGconn *conn, const sbw_entry_t *e,
     sbw_shop_install_t   in;
     sbw_ensure_report_t  rep;
 
-    if (!ctx->sconf->have_key) {
-        sbw_log(SBW_LOG_ERROR, "install_waiting",
-                json_pack("{s:s,s:s,s:s}", "shop", shop, "stream_id", e->id,
-                          "message", "SHOPIFY_TOKEN_KEY is not set: the "
-                          "install stays pending"));
-        return SBW_SHOPS_RETRY;
-    }
-
     b = json_loadb(e->body ? e->body : "", e->body_len, 0, &jerr);
     memset(&in, 0, sizeof(in));
     dead->code = "Shops_InvalidInstall";
@@ -817,6 +809,19 @@ sbw_shops_installed(sbw_shops_ctx_t *ctx, PGconn *conn, const sbw_entry_t *e,
     {
         snprintf(dead->reason, sizeof(dead->reason), "the body's shop is "
                  "not the entry's");
+        goto invalid;
+    }
+
+    /*
+     * Without the key the tokens cannot be read: parked rather than kept
+     * pending, which would hold back the stream's trimming for as long
+     * as the setting is missing.  "dlq retry" it once the key is set.
+     */
+    if (!ctx->sconf->have_key) {
+        dead->code = "Shops_NoTokenKey";
+        snprintf(dead->reason, sizeof(dead->reason), "SHOPIFY_TOKEN_KEY is "
+                 "not set: set it (the key nginx encrypts with), then retry "
+                 "this dead letter");
         goto invalid;
     }
 
@@ -946,13 +951,39 @@ invalid:
  */
 static int
 sbw_shops_uninstalled(sbw_shops_ctx_t *ctx, PGconn *conn,
-    const sbw_entry_t *e, const char *shop)
+    const sbw_entry_t *e, const char *shop, sbw_shops_dead_t *dead)
 {
     int        applied;
-    char       err[512];
+    char       err[512], body_shop[SBW_SHOP_DOMAIN_BUFLEN];
+    json_t    *b;
     long long  at_ms;
 
     (void) ctx;
+
+    /*
+     * The shop header is not signed, the body is: the body's
+     * myshopify_domain must be the entry's shop, or a signed body of one
+     * shop could uninstall another.
+     */
+    b = json_loadb(e->body ? e->body : "", e->body_len, 0, NULL);
+
+    if (sbw_shop_domain_normalize(json_string_value(
+                                      json_object_get(b, "myshopify_domain")),
+                                  body_shop, sizeof(body_shop)) != 0
+        || strcmp(body_shop, shop) != 0)
+    {
+        json_decref(b);
+        dead->code = "Shops_InvalidEntry";
+        snprintf(dead->reason, sizeof(dead->reason), "the body's "
+                 "myshopify_domain is not the entry's shop");
+        sbw_log(SBW_LOG_ERROR, "entry_invalid",
+                json_pack("{s:s,s:s,s:s,s:s?}", "shop", shop, "message",
+                          dead->reason, "stream_id", e->id, "webhook_id",
+                          e->webhook_id));
+        return SBW_SHOPS_DEAD;
+    }
+
+    json_decref(b);
 
     /* TODO: install times are ours, uninstall times Shopify's: no skew check */
     at_ms = e->received_at ? strtoll(e->received_at, NULL, 10) : 0;
@@ -1016,7 +1047,7 @@ sbw_shops_entry(sbw_shops_ctx_t *ctx, PGconn *conn, redisContext *redis,
     }
 
     if (strcmp(topic, "app/uninstalled") == 0) {
-        return sbw_shops_uninstalled(ctx, conn, e, shop);
+        return sbw_shops_uninstalled(ctx, conn, e, shop, dead);
     }
 
     rc = sbw_privacy_handle(conn, redis, ctx->conf, shop, e, err,

@@ -484,6 +484,27 @@ sbw_worker_process(sbw_worker_t *w, const sbw_entry_t *e, unsigned attempts,
         return sbw_worker_shops(w, e, attempts, delay_ms);
     }
 
+    /* the intake always writes a topic: an entry without one is parked */
+    if (topic[0] == '\0') {
+        sbw_log(SBW_LOG_ERROR, "entry_invalid",
+                json_pack("{s:s?,s:s?,s:s,s:s}", "shop", e->shop,
+                          "webhook_id", e->webhook_id, "stream_id", e->id,
+                          "message", "the entry has no topic"));
+
+        if (sbw_worker_park(w, e, NULL, "Worker_InvalidEntry",
+                            "the entry has no topic", NULL, (int) attempts,
+                            0)
+            != 0)
+        {
+            *delay_ms = sbw_worker_delay(w, attempts, -1);
+            return SBW_RETRY;
+        }
+
+        sbw_metrics_entry("unknown", "invalid");
+        sbw_worker_ack(w, e);
+        return SBW_DONE;
+    }
+
     /* no handler yet: acknowledge and count */
     sbw_log(SBW_LOG_INFO, "entry_ignored",
             json_pack("{s:s,s:s?,s:s?,s:s}", "topic", topic,
