@@ -858,6 +858,26 @@ sbw_config_load(sbw_config_t *c, sbw_getenv_pt get, void *ctx, char *err,
         e.bad = 1;
     }
 
+    if (c->company_id != NULL && !e.bad && !sbw_is_guid(c->company_id)) {
+        sbw_env_fail(&e, "invalid BC365_COMPANY_ID: \"%s\" (the company's "
+                     "id, a GUID, as GET .../companies lists it)",
+                     c->company_id);
+    }
+
+    if (!e.bad && c->retry_max_ms < c->retry_base_ms) {
+        sbw_env_fail(&e, "invalid RETRY_MAX_MS: %ld is less than "
+                     "RETRY_BASE_MS %ld", c->retry_max_ms,
+                     c->retry_base_ms);
+    }
+
+    if (c->api_base != NULL && !e.bad
+        && strncmp(c->api_base, "https://", 8) != 0
+        && strncmp(c->api_base, "http://", 7) != 0)
+    {
+        sbw_env_fail(&e, "invalid BC365_API_BASE: \"%s\" (an http:// or "
+                     "https:// URL)", c->api_base);
+    }
+
     c->rounding_account = sbw_env_str(&e, "BC365_ROUNDING_ACCOUNT", NULL);
     c->tax_account = sbw_env_str(&e, "BC365_TAX_ACCOUNT", NULL);
     c->nontaxable_code = sbw_env_str(&e, "BC365_NONTAXABLE_TAX_CODE",

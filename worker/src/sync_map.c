@@ -11,7 +11,6 @@
 #include "sync_map.h"
 
 
-static int sbw_is_guid(const char *s);
 static int sbw_line_matches(const json_t *bc, const sbw_bc_line_t *l);
 static int sbw_line_same(const json_t *bc, const sbw_bc_line_t *l);
 
@@ -19,7 +18,7 @@ static int sbw_line_same(const json_t *bc, const sbw_bc_line_t *l);
 /*
  * A GUID as BC writes company ids: 8-4-4-4-12 hexadecimal digits.
  */
-static int
+int
 sbw_is_guid(const char *s)
 {
     size_t  i;

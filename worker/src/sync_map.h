@@ -39,6 +39,7 @@ typedef struct {
 } sbw_sync_op_t;
 
 
+int sbw_is_guid(const char *s);
 int sbw_companies_check(const json_t *map, char *err, size_t errlen);
 const char *sbw_company_for_shop(const sbw_config_t *conf,
     const char *shop);

@@ -66,7 +66,7 @@ table_required(env_table_t *t)
     table_set(t, "BC365_TENANT_ID", "tenant-1");
     table_set(t, "BC365_CLIENT_ID", "client-1");
     table_set(t, "BC365_CLIENT_SECRET", "s3cret-value");
-    table_set(t, "BC365_COMPANY_ID", "company-1");
+    table_set(t, "BC365_COMPANY_ID", "31b7c38b-2d4e-5437-beff-68c052310a74");
     table_set(t, "BC365_SHIPPING_ACCOUNT", "8130");
 }
 
@@ -246,6 +246,25 @@ test_bad_values(void **state)
     assert_int_equal(sbw_config_load(&c, table_get, &t, err, sizeof(err)),
                      SBW_EXIT_CONFIG);
     assert_non_null(strstr(err, "\"1896-S\" is not a string"));
+
+    table_required(&t);
+    table_set(&t, "BC365_COMPANY_ID", "not-a-guid");
+    assert_int_equal(sbw_config_load(&c, table_get, &t, err, sizeof(err)),
+                     SBW_EXIT_CONFIG);
+    assert_non_null(strstr(err, "invalid BC365_COMPANY_ID: \"not-a-guid\""));
+
+    table_required(&t);
+    table_set(&t, "RETRY_BASE_MS", "5000");
+    table_set(&t, "RETRY_MAX_MS", "100");
+    assert_int_equal(sbw_config_load(&c, table_get, &t, err, sizeof(err)),
+                     SBW_EXIT_CONFIG);
+    assert_non_null(strstr(err, "invalid RETRY_MAX_MS"));
+
+    table_required(&t);
+    table_set(&t, "BC365_API_BASE", "notaurl");
+    assert_int_equal(sbw_config_load(&c, table_get, &t, err, sizeof(err)),
+                     SBW_EXIT_CONFIG);
+    assert_non_null(strstr(err, "invalid BC365_API_BASE"));
 
     table_required(&t);
     table_set(&t, "WORKER_CONCURRENCY", "many");
