@@ -2255,6 +2255,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def respond(self, status, obj, headers, ctype="application/json; odata.metadata=minimal; "
                                                   "odata.streaming=true; IEEE754Compatible=false; charset=utf-8"):
         body = b"" if obj is None else json_dumps(obj)
+        # logged before the answer leaves, so a client that has its answer finds it in the log
+        self.log_call(status)
         self.send_response(status)
         if obj is not None:
             self.send_header("Content-Type", ctype)
@@ -2265,6 +2267,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if body:
             self.wfile.write(body)
+
+    def log_call(self, status):
+        """The BC/Entra request log entry of this call, once."""
+        call, self._call = getattr(self, "_call", None), None
+        if call is None:
+            return
+        app, t0, method, path, query, params = call
+        app.log_add({"time": iso_ms(), "method": method, "path": path, "query": query,
+                     "params": {k: v[0] if len(v) == 1 else v for k, v in params.items()},
+                     "status": status, "durationMs": int((time.monotonic() - t0) * 1000),
+                     "client": self._principal, "fault": self._fault})
 
     def drop(self):
         self.close_connection = True
@@ -2285,8 +2298,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         query = split.query
         params = urllib.parse.parse_qs(query, keep_blank_values=True)
         status = 0
-        shop = None
         self._principal = self._fault = None
+        self._call = None
+        shop = shopify.shop_from_host(self.headers.get("Host"))
+        if shop is None and not path.startswith("/_sandbox/"):
+            self._call = (app, t0, method, path, query, params)
         try:
             try:
                 body = self.read_body()
@@ -2297,7 +2313,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 status, obj = app.control(method, path, params, body, self)
                 self.respond(status, obj, [], ctype="application/json; charset=utf-8")
                 return
-            shop = shopify.shop_from_host(self.headers.get("Host"))
             if shop is not None:
                 status = shopify.dispatch(app, self, method, shop, path, split, params, body)
                 return
@@ -2324,13 +2339,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             except OSError:
                 pass
         finally:
-            principal, fault = self._principal, self._fault
+            principal = self._principal
             ms = int((time.monotonic() - t0) * 1000)
-            if not path.startswith("/_sandbox/") and shop is None:
-                app.log_add({"time": iso_ms(), "method": method, "path": path, "query": query,
-                             "params": {k: v[0] if len(v) == 1 else v for k, v in params.items()},
-                             "status": status, "durationMs": ms, "client": principal,
-                             "fault": fault})
+            self.log_call(status)  # a dropped call never answered
             if not app.args.quiet:
                 print("sandbox: %s %s %s%s %s %dms%s" % (
                     iso_ms(), method, path, ("?" + query) if query else "", status or "dropped", ms,

@@ -625,6 +625,16 @@ subtest 'request log' => sub {
     ok($v[1]{time}, 'time');
     is($v[0]{client}, 'sandbox-client-id', 'principal recorded');
     ok(!grep({ ($_->{query} // '') =~ /\Q$TOKEN\E/ } @v), 'no token in the log');
+
+    # a call whose answer the client has is in the log already (it was once written after the answer)
+    my $late = 0;
+    for my $i (1 .. 40) {
+        control('DELETE', 'requests');
+        bc('GET', 'companies', no_auth => 1);
+        my (undef, $r) = control('GET', 'requests');
+        $late++ unless @{ $r->{value} } == 1 && $r->{value}[0]{status} == 401;
+    }
+    is($late, 0, 'every answered call already logged when its answer arrives');
 };
 
 # ---------------------------------------------------------------- limits
