@@ -18,6 +18,8 @@ Variants, alternated round by round:
             a duplicate would have to be XDELed afterwards)
   xadd      a bare XADD of the same entry: the floor of any design that
             stores the delivery in a Redis stream with this persistence
+  xadd8     eight deliveries in one XADD (one entry, eight bodies): what
+            batching deliveries across requests would leave; per delivery
 Each runs with the stream left to grow (as in the closed-loop phase of
 bench/intake.py) and with a trimmer keeping it short (as a draining
 worker would).
@@ -107,16 +109,30 @@ def requests(variant, sha, body, i):
     return resp("XADD", "shopify:webhooks", "*", *fields), 1
 
 
+def batch(body, first, n):
+    """One XADD carrying deliveries first .. first + n - 1."""
+    fields = []
+    for i in range(first, first + n):
+        fields += ["webhook_id.%d" % i, "w-%d" % i, "body.%d" % i, body]
+    return resp("XADD", "shopify:webhooks", "*", *fields), 1
+
+
 def client(port, variant, sha, body, first, count):
     c = Conn(port)
     i = first
     while i < first + count:
         n = min(PIPELINE, first + count - i)
         out, replies = b"", 0
-        for k in range(i, i + n):
-            data, r = requests(variant, sha, body, k)
-            out += data
-            replies += r
+        if variant == "xadd8":
+            for k in range(i, i + n, 8):
+                data, r = batch(body, k, min(8, i + n - k))
+                out += data
+                replies += r
+        else:
+            for k in range(i, i + n):
+                data, r = requests(variant, sha, body, k)
+                out += data
+                replies += r
         c.sock.sendall(out)
         for _ in range(replies):
             c.reply()
@@ -176,6 +192,8 @@ def run(variant, trim, body, script):
         tt.join()
     info = ctl.cmd("XINFO", "STREAM", "shopify:webhooks")
     added = int(info[info.index(b"entries-added") + 1])
+    if variant == "xadd8":
+        added = 2 * (ENTRIES // 2)  # deliveries: eight to an entry
     try:
         ctl.cmd("SHUTDOWN", "NOSAVE")
     except (OSError, RuntimeError):
@@ -191,7 +209,7 @@ def main():
     body, what = make_body(os.environ.get("BENCH_BODY", "5k"))
     script = module_script()
     runs = []
-    plan = [(v, t) for t in (False, True) for v in ("module", "multi", "xadd")]
+    plan = [(v, t) for t in (False, True) for v in ("module", "multi", "xadd", "xadd8")]
     for r in range(ROUNDS):
         order = plan[r % len(plan):] + plan[:r % len(plan)]
         for variant, trim in order:
@@ -213,7 +231,7 @@ def main():
     print("\nRedis CPU per accepted delivery, %d B body, appendfsync always"
           % len(body))
     print("%-10s %10s %10s" % ("variant", "growing", "trimmed"))
-    for variant in ("module", "multi", "xadd"):
+    for variant in ("module", "multi", "xadd", "xadd8"):
         print("%-10s %10.1f %10.1f" % (variant, agg[variant + "/growing"],
                                       agg[variant + "/trimmed"]))
     for trim in ("growing", "trimmed"):
