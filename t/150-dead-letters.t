@@ -218,6 +218,16 @@ like metrics($worker),
         @{ sandbox_call('GET', "/_sandbox/requests?since=$since")->{value} };
     is scalar(@sent), 0, 'dry-run: nothing sent to BC';
 
+    # a file names no shop: --shop picks that shop's company
+    ($rc, $j) = cli_json('dry-run', $file, '--shop', 'ACME-Demo-EU.myshopify.com');
+    is $rc, 0, 'dry-run FILE --shop: exit 0';
+    is $j->{company}, 'a3e0c5d2-6f41-4b8e-9d27-c15e8b04f9a6',
+        'dry-run --shop: the company BC365_COMPANIES gives that shop';
+    like $j->{url}, qr{/companies\(a3e0c5d2-6f41-4b8e-9d27-c15e8b04f9a6\)/salesOrders$},
+        'dry-run --shop: the URL of that company';
+    ($rc, $j) = cli_json('dry-run', $file);
+    is $j->{company}, $COMPANY, 'dry-run FILE without --shop: the default company';
+
     ($rc, $out) = cli('dry-run', write_file('junk.json', 'nope'));
     is $rc, 4, 'dry-run of a file that is not an order: exit 4';
 }

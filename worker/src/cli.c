@@ -3,7 +3,7 @@
  *
  *   shopify-bc-worker dlq list|show|retry|discard ...
  *   shopify-bc-worker ledger list|show|duplicates ...
- *   shopify-bc-worker dry-run FILE | --dlq ID
+ *   shopify-bc-worker dry-run FILE [--shop S] | --dlq ID
  *
  * They read the worker's settings from the same environment.  Output is
  * a table (or key: value lines) for people, one JSON document with
@@ -1191,6 +1191,10 @@ sbw_cli_dry_run(sbw_cli_t *c)
     company[0] = '\0';
 
     if (c->args->file != NULL) {
+        if (c->args->shop != NULL) {
+            snprintf(shop, sizeof(shop), "%s", c->args->shop);
+        }
+
         raw = sbw_cli_read_file(c->args->file, &len);
 
         if (raw == NULL) {

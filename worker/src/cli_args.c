@@ -9,7 +9,7 @@
  *   ledger list [--shop S] [--state S] [--limit N]
  *   ledger show ORDER_ID
  *   ledger duplicates [--remove]
- *   dry-run FILE | --dlq ID
+ *   dry-run FILE [--shop S] | --dlq ID
  *
  * and --json anywhere.  Nothing here touches a service.
  */
@@ -58,7 +58,7 @@ sbw_cli_usage(void)
         "[--limit N]\n"
         "       shopify-bc-worker ledger show ORDER_ID\n"
         "       shopify-bc-worker ledger duplicates [--remove]\n"
-        "       shopify-bc-worker dry-run FILE | --dlq ID\n"
+        "       shopify-bc-worker dry-run FILE [--shop S] | --dlq ID\n"
         "       shopify-bc-worker webhooks ensure --shop S\n"
         "       shopify-bc-worker tokens encrypt --shop S < TOKEN\n"
         "every verb takes --json; settings come from the environment\n"
@@ -236,7 +236,8 @@ sbw_cli_parse(int argc, char **argv, sbw_cli_args_t *a, char *err,
 
             if (strcmp(arg, "--shop") == 0
                 && (a->cmd == SBW_CLI_DLQ_LIST || a->cmd == SBW_CLI_DLQ_RETRY
-                    || a->cmd == SBW_CLI_LEDGER_LIST))
+                    || a->cmd == SBW_CLI_LEDGER_LIST
+                    || a->cmd == SBW_CLI_DRY_RUN))
             {
                 if (val[0] == '\0' || strlen(val) > 255) {
                     snprintf(err, errlen, "invalid --shop");
@@ -415,6 +416,12 @@ sbw_cli_parse(int argc, char **argv, sbw_cli_args_t *a, char *err,
     case SBW_CLI_DRY_RUN:
         if ((a->file == NULL) == (a->dlq_id == 0)) {
             snprintf(err, errlen, "dry-run needs a FILE or --dlq ID");
+            return SBW_CLI_USAGE;
+        }
+
+        if (a->shop != NULL && a->file == NULL) {
+            snprintf(err, errlen, "--shop goes with a FILE (a dead letter "
+                     "knows its shop)");
             return SBW_CLI_USAGE;
         }
 
