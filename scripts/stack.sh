@@ -291,7 +291,10 @@ up() {
     start_worker
 
     say "up; settings in $STACK_DIR/stack.env"
-    grep -v '^#' "$STACK_DIR/stack.env"
+    # secrets and passwords stay in the file (mode 0600), not on the terminal
+    grep -v '^#' "$STACK_DIR/stack.env" \
+        | sed -E "s/^([A-Z0-9_]*(SECRET|PASSWORD|TOKEN_KEY))=.*/\1=<in stack.env>/;
+                  s#(postgresql://[^:]*:)[^@]*@#\1<in stack.env>@#"
 }
 
 down() {
