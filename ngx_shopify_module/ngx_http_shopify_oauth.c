@@ -2208,8 +2208,9 @@ ngx_http_shopify_oauth_clear_cookie(ngx_http_request_t *r)
 
 /*
  * Whether the granted scopes cover the requested ones; a write_ scope
- * includes its read_ scope, as on Shopify.  *missing: the first one not
- * covered.
+ * includes its read_ scope, as on Shopify, and so does an
+ * unauthenticated_write_ one its unauthenticated_read_ one.  *missing: the
+ * first one not covered.
  */
 
 static ngx_uint_t
@@ -2217,8 +2218,10 @@ ngx_http_shopify_oauth_scopes_cover(ngx_str_t *granted,
     ngx_str_t *requested, ngx_str_t *missing)
 {
     u_char      *p, *last, *q, *qlast, *e, *f;
-    size_t       len, glen;
+    size_t       len, glen, pre;
     ngx_uint_t   found;
+
+    static ngx_str_t  unauth = ngx_string("unauthenticated_");
 
     p = requested->data;
     last = p + requested->len;
@@ -2232,6 +2235,11 @@ ngx_http_shopify_oauth_scopes_cover(ngx_str_t *granted,
         len = e - p;
 
         found = (len == 0);
+
+        /* the length of the part before "read_", if any */
+        pre = (len > unauth.len
+               && ngx_strncmp(p, unauth.data, unauth.len) == 0)
+              ? unauth.len : 0;
 
         q = granted->data;
         qlast = q + granted->len;
@@ -2255,10 +2263,13 @@ ngx_http_shopify_oauth_scopes_cover(ngx_str_t *granted,
             if (glen == len && ngx_memcmp(q, p, len) == 0) {
                 found = 1;
 
-            } else if (len > 5 && ngx_strncmp(p, "read_", 5) == 0
+            } else if (len > pre + 5
+                       && ngx_strncmp(p + pre, "read_", 5) == 0
                        && glen == len + 1
-                       && ngx_strncmp(q, "write_", 6) == 0
-                       && ngx_memcmp(q + 6, p + 5, len - 5) == 0)
+                       && ngx_memcmp(q, p, pre) == 0
+                       && ngx_strncmp(q + pre, "write_", 6) == 0
+                       && ngx_memcmp(q + pre + 6, p + pre + 5, len - pre - 5)
+                          == 0)
             {
                 found = 1;
             }
