@@ -49,8 +49,9 @@
 typedef struct {
     ngx_uint_t                   handler;
     ngx_str_t                    client_id;
-    ngx_str_t                    client_secret;
+    ngx_array_t                 *client_secrets;    /* of ngx_str_t */
     ngx_str_t                    state_secret;
+    ngx_array_t                 *state_keys;        /* of ngx_str_t */
     ngx_str_t                    scopes;
     ngx_http_complex_value_t    *redirect_uri;
     ngx_str_t                    token_location;
@@ -124,9 +125,8 @@ static ngx_int_t ngx_http_shopify_oauth_shop(ngx_str_t *raw,
 static ngx_int_t ngx_http_shopify_oauth_cookie_check(ngx_http_request_t *r,
     ngx_http_shopify_oauth_loc_conf_t *olcf, ngx_str_t *state,
     ngx_str_t *shop, const char **why);
-static ngx_int_t ngx_http_shopify_oauth_cookie_mac(
-    ngx_http_shopify_oauth_loc_conf_t *olcf, ngx_str_t *state,
-    time_t expiry, ngx_str_t *shop, u_char *mac);
+static ngx_int_t ngx_http_shopify_oauth_cookie_mac(ngx_str_t *key,
+    ngx_str_t *state, time_t expiry, ngx_str_t *shop, u_char *mac);
 static ngx_int_t ngx_http_shopify_oauth_add_header(ngx_http_request_t *r,
     const char *name, ngx_str_t *value);
 static ngx_int_t ngx_http_shopify_oauth_clear_cookie(ngx_http_request_t *r);
@@ -148,6 +148,8 @@ static char *ngx_http_shopify_oauth_merge_loc_conf(ngx_conf_t *cf,
 static char *ngx_http_shopify_oauth_set_handler(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_shopify_oauth_set_secret(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_shopify_oauth_set_client_secret(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_shopify_oauth_set_key(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
@@ -186,9 +188,9 @@ static ngx_command_t  ngx_http_shopify_oauth_commands[] = {
 
     { ngx_string("shopify_oauth_client_secret"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_shopify_oauth_set_secret,
+      ngx_http_shopify_oauth_set_client_secret,
       NGX_HTTP_LOC_CONF_OFFSET,
-      offsetof(ngx_http_shopify_oauth_loc_conf_t, client_secret),
+      offsetof(ngx_http_shopify_oauth_loc_conf_t, client_secrets),
       NULL },
 
     { ngx_string("shopify_oauth_state_secret"),
@@ -415,7 +417,9 @@ ngx_http_shopify_oauth_install_handler(ngx_http_request_t *r)
 
     expiry = ngx_time() + olcf->state_ttl;
 
-    if (ngx_http_shopify_oauth_cookie_mac(olcf, &state, expiry, &shop, mac)
+    /* signed with the current key, the first one */
+    if (ngx_http_shopify_oauth_cookie_mac(olcf->state_keys->elts, &state,
+                                          expiry, &shop, mac)
         != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -829,6 +833,7 @@ ngx_http_shopify_oauth_exchange(ngx_http_request_t *r,
     u_char                             *p;
     size_t                              len;
     ngx_buf_t                          *b;
+    ngx_str_t                          *secret;
     ngx_chain_t                        *cl;
     ngx_http_request_t                 *sr;
     ngx_http_request_body_t            *rb;
@@ -837,9 +842,11 @@ ngx_http_shopify_oauth_exchange(ngx_http_request_t *r,
 
     olcf = ngx_http_get_module_loc_conf(r, ngx_http_shopify_oauth_module);
 
+    /* the current secret: the first one */
+    secret = olcf->client_secrets->elts;
+
     len = sizeof("client_id=&client_secret=&code=&expiring=1") - 1
-          + 3 * (olcf->client_id.len + olcf->client_secret.len
-                 + ctx->code.len);
+          + 3 * (olcf->client_id.len + secret->len + ctx->code.len);
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
@@ -850,8 +857,7 @@ ngx_http_shopify_oauth_exchange(ngx_http_request_t *r,
     p += ngx_http_shopify_oauth_escape(p, olcf->client_id.data,
                                        olcf->client_id.len);
     p = ngx_cpymem(p, "&client_secret=", sizeof("&client_secret=") - 1);
-    p += ngx_http_shopify_oauth_escape(p, olcf->client_secret.data,
-                                       olcf->client_secret.len);
+    p += ngx_http_shopify_oauth_escape(p, secret->data, secret->len);
     p = ngx_cpymem(p, "&code=", sizeof("&code=") - 1);
     p += ngx_http_shopify_oauth_escape(p, ctx->code.data, ctx->code.len);
     p = ngx_cpymem(p, "&expiring=1", sizeof("&expiring=1") - 1);
@@ -1740,7 +1746,7 @@ ngx_http_shopify_oauth_verify_query(ngx_http_request_t *r,
     u_char                        *p, *q;
     u_char                         given[32], mac[32];
     size_t                         len;
-    ngx_str_t                     *items, base, *hmac;
+    ngx_str_t                     *items, base, *hmac, *secrets;
     ngx_int_t                      n;
     ngx_uint_t                     i, j, nitems;
     ngx_http_shopify_oauth_arg_t  *arg;
@@ -1892,22 +1898,38 @@ ngx_http_shopify_oauth_verify_query(ngx_http_request_t *r,
         p = ngx_cpymem(p, items[i].data, items[i].len);
     }
 
-    /* TODO: also accept the previous client secret during a rotation */
+    /* every configured secret: several during a rotation */
 
-    if (ngx_http_shopify_oauth_hmac(&olcf->client_secret, q, p - q, mac)
-        != NGX_OK)
-    {
-        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                      "shopify oauth: HMAC computation failed");
-        return NGX_ERROR;
+    secrets = olcf->client_secrets->elts;
+
+    for (i = 0; i < olcf->client_secrets->nelts; i++) {
+
+        if (ngx_http_shopify_oauth_hmac(&secrets[i], q, p - q, mac)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                          "shopify oauth: HMAC computation failed");
+            return NGX_ERROR;
+        }
+
+        if (CRYPTO_memcmp(mac, given, sizeof(mac)) == 0) {
+            break;
+        }
     }
 
-    if (CRYPTO_memcmp(mac, given, sizeof(mac)) != 0) {
+    if (i == olcf->client_secrets->nelts) {
         goto bad;
     }
 
-    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "shopify oauth query signature verified");
+    if (i > 0) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "shopify oauth: query signature matched client "
+                      "secret #%ui, not the first one", i + 1);
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "shopify oauth query signature verified with secret #%ui",
+                   i + 1);
 
     return NGX_OK;
 
@@ -2028,7 +2050,7 @@ ngx_http_shopify_oauth_cookie_check(ngx_http_request_t *r,
     u_char       given[32], mac[32];
     time_t       expiry;
     ngx_int_t    n;
-    ngx_str_t    value, cstate, cshop;
+    ngx_str_t    value, cstate, cshop, *keys;
     ngx_uint_t   i;
 
     if (state->len != NGX_HTTP_SHOPIFY_OAUTH_STATE_LEN * 2) {
@@ -2102,14 +2124,26 @@ ngx_http_shopify_oauth_cookie_check(ngx_http_request_t *r,
     cshop.data = p;
     cshop.len = last - p;
 
-    if (ngx_http_shopify_oauth_cookie_mac(olcf, &cstate, expiry, &cshop, mac)
-        != NGX_OK)
-    {
-        *why = "HMAC computation failed";
-        return NGX_DECLINED;
+    /* issued under any of the keys: an install begun before a rotation */
+
+    keys = olcf->state_keys->elts;
+
+    for (i = 0; i < olcf->state_keys->nelts; i++) {
+
+        if (ngx_http_shopify_oauth_cookie_mac(&keys[i], &cstate, expiry,
+                                              &cshop, mac)
+            != NGX_OK)
+        {
+            *why = "HMAC computation failed";
+            return NGX_DECLINED;
+        }
+
+        if (CRYPTO_memcmp(mac, given, sizeof(mac)) == 0) {
+            break;
+        }
     }
 
-    if (CRYPTO_memcmp(mac, given, sizeof(mac)) != 0) {
+    if (i == olcf->state_keys->nelts) {
         *why = "install cookie with a bad signature";
         return NGX_DECLINED;
     }
@@ -2136,8 +2170,8 @@ ngx_http_shopify_oauth_cookie_check(ngx_http_request_t *r,
 
 
 static ngx_int_t
-ngx_http_shopify_oauth_cookie_mac(ngx_http_shopify_oauth_loc_conf_t *olcf,
-    ngx_str_t *state, time_t expiry, ngx_str_t *shop, u_char *mac)
+ngx_http_shopify_oauth_cookie_mac(ngx_str_t *key, ngx_str_t *state,
+    time_t expiry, ngx_str_t *shop, u_char *mac)
 {
     u_char  *p;
     u_char   buf[3 + 32 + 1 + NGX_TIME_T_LEN + 1 + 14
@@ -2151,8 +2185,7 @@ ngx_http_shopify_oauth_cookie_mac(ngx_http_shopify_oauth_loc_conf_t *olcf,
 
     p = ngx_sprintf(buf, "v1.%V.%T.%V", state, expiry, shop);
 
-    return ngx_http_shopify_oauth_hmac(&olcf->state_secret, buf, p - buf,
-                                       mac);
+    return ngx_http_shopify_oauth_hmac(key, buf, p - buf, mac);
 }
 
 
@@ -2456,9 +2489,11 @@ ngx_http_shopify_oauth_create_loc_conf(ngx_conf_t *cf)
      *
      *     olcf->handler = 0;
      *     olcf->client_id = { 0, NULL };
+     *     olcf->state_keys = NULL;
      *     ... every string empty
      */
 
+    olcf->client_secrets = NGX_CONF_UNSET_PTR;
     olcf->redirect_uri = NGX_CONF_UNSET_PTR;
     olcf->state_ttl = NGX_CONF_UNSET;
     olcf->window = NGX_CONF_UNSET;
@@ -2474,11 +2509,14 @@ ngx_http_shopify_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_http_shopify_oauth_loc_conf_t *prev = parent;
     ngx_http_shopify_oauth_loc_conf_t *conf = child;
 
-    ngx_str_t                      label, *uri;
+    ngx_str_t                     *uri, *secret, *key;
+    ngx_str_t                      label;
+    ngx_uint_t                     i;
     ngx_http_shopify_main_conf_t  *smcf;
 
     ngx_conf_merge_str_value(conf->client_id, prev->client_id, "");
-    ngx_conf_merge_str_value(conf->client_secret, prev->client_secret, "");
+    ngx_conf_merge_ptr_value(conf->client_secrets, prev->client_secrets,
+                             NULL);
     ngx_conf_merge_str_value(conf->state_secret, prev->state_secret, "");
     ngx_conf_merge_str_value(conf->scopes, prev->scopes, "");
     ngx_conf_merge_ptr_value(conf->redirect_uri, prev->redirect_uri, NULL);
@@ -2493,7 +2531,7 @@ ngx_http_shopify_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent,
         return NGX_CONF_OK;
     }
 
-    if (conf->client_id.len == 0 || conf->client_secret.len == 0) {
+    if (conf->client_id.len == 0 || conf->client_secrets == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"shopify_oauth_%s\" needs "
                            "\"shopify_oauth_client_id\" and "
@@ -2517,23 +2555,47 @@ ngx_http_shopify_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent,
         return NGX_CONF_ERROR;
     }
 
-    if (conf->state_secret.len == 0) {
-        /* derived from the client secret, for this one purpose */
-        conf->state_secret.data = ngx_pnalloc(cf->pool, 32);
-        if (conf->state_secret.data == NULL) {
+    conf->state_keys = ngx_array_create(cf->pool,
+                                        conf->client_secrets->nelts,
+                                        sizeof(ngx_str_t));
+    if (conf->state_keys == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->state_secret.len) {
+        key = ngx_array_push(conf->state_keys);
+        if (key == NULL) {
             return NGX_CONF_ERROR;
         }
+
+        *key = conf->state_secret;
+
+    } else {
+        /* one derived from each client secret, for this one purpose */
 
         ngx_str_set(&label, "shopify-bc oauth state cookie v1");
+        secret = conf->client_secrets->elts;
 
-        if (ngx_http_shopify_oauth_hmac(&conf->client_secret, label.data,
-                                        label.len, conf->state_secret.data)
-            != NGX_OK)
-        {
-            return NGX_CONF_ERROR;
+        for (i = 0; i < conf->client_secrets->nelts; i++) {
+            key = ngx_array_push(conf->state_keys);
+            if (key == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            key->data = ngx_pnalloc(cf->pool, 32);
+            if (key->data == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            if (ngx_http_shopify_oauth_hmac(&secret[i], label.data,
+                                            label.len, key->data)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            key->len = 32;
         }
-
-        conf->state_secret.len = 32;
     }
 
     if (conf->handler == NGX_HTTP_SHOPIFY_OAUTH_INSTALL) {
@@ -2633,6 +2695,59 @@ ngx_http_shopify_oauth_set_secret(ngx_conf_t *cf, ngx_command_t *cmd,
 
     ngx_memcpy(field->data, secret.data, secret.len);
     field->len = secret.len;
+
+    if (secret.data != value[1].data) {
+        OPENSSL_cleanse(secret.data, secret.len);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The app's client secret: inline, "file=/path" or "env=NAME".  Repeated
+ * (up to 8 times) during a rotation: a query signed with any of them is
+ * accepted, and the first one goes into the code exchange.
+ */
+
+static char *
+ngx_http_shopify_oauth_set_client_secret(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_shopify_oauth_loc_conf_t *olcf = conf;
+
+    ngx_str_t  *value, secret, *s;
+
+    if (olcf->client_secrets == NGX_CONF_UNSET_PTR) {
+        olcf->client_secrets = ngx_array_create(cf->pool, 2,
+                                                sizeof(ngx_str_t));
+        if (olcf->client_secrets == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (olcf->client_secrets->nelts == NGX_HTTP_SHOPIFY_MAX_SECRETS) {
+        return "is given too many times";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_http_shopify_load_secret(cf, &value[1], &secret) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    s = ngx_array_push(olcf->client_secrets);
+    if (s == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    s->data = ngx_pnalloc(cf->pool, secret.len);
+    if (s->data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(s->data, secret.data, secret.len);
+    s->len = secret.len;
 
     if (secret.data != value[1].data) {
         OPENSSL_cleanse(secret.data, secret.len);

@@ -1,6 +1,8 @@
 # The install callback past its hostile-input checks, with a stub token
 # endpoint (an internal location that checks the exchange's form and
-# answers as Shopify does): scopes that imply others, and shortfalls.
+# answers as Shopify does): a client-secret rotation (callbacks and
+# install links signed with the old secret, cookies issued before it, the
+# exchange with the new one), and scopes that imply others.
 
 use Test::Nginx::Socket 'no_plan';
 use Digest::SHA qw(hmac_sha256 hmac_sha256_hex);
@@ -158,7 +160,82 @@ qr/acme-demo\.myshopify\.com is installed\./
 
 
 
-=== TEST 2: without the rotation, the previous secret's signature is refused
+=== TEST 2: rotation: a callback signed with the previous secret is accepted, the exchange uses the first
+--- http_config
+shopify_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+shopify_webhook_stream $TEST_NGINX_T053_STREAM;
+shopify_oauth_client_id t053-client;
+shopify_oauth_client_secret t053-new-secret;
+shopify_oauth_client_secret t053-old-secret;
+shopify_oauth_scopes read_orders;
+shopify_oauth_token_key file=$TEST_NGINX_T053_KEY;
+shopify_oauth_timestamp_window $TEST_NGINX_T053_WINDOW;
+map $shopify_oauth_shop $t053_granted { default read_orders; }
+--- request eval
+::callback(state => ::state_n(2), secret => $::OLD)
+--- more_headers eval
+::cookie(state => ::state_n(2))
+--- error_code: 200
+--- response_body_like eval
+qr/is installed\./
+--- error_log
+query signature matched client secret #2, not the first one
+--- no_error_log
+[error]
+
+
+
+=== TEST 3: rotation: an install cookie issued under the previous secret still binds its state
+--- http_config
+shopify_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+shopify_webhook_stream $TEST_NGINX_T053_STREAM;
+shopify_oauth_client_id t053-client;
+shopify_oauth_client_secret t053-new-secret;
+shopify_oauth_client_secret t053-old-secret;
+shopify_oauth_scopes read_orders;
+shopify_oauth_token_key file=$TEST_NGINX_T053_KEY;
+shopify_oauth_timestamp_window $TEST_NGINX_T053_WINDOW;
+map $shopify_oauth_shop $t053_granted { default read_orders; }
+--- request eval
+::callback(state => ::state_n(3))
+--- more_headers eval
+::cookie(state => ::state_n(3), secret => $::OLD)
+--- error_code: 200
+--- response_body_like eval
+qr/is installed\./
+--- no_error_log
+[error]
+[warn]
+
+
+
+=== TEST 4: rotation: a callback signed with neither secret is still forged (401)
+--- http_config
+shopify_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+shopify_webhook_stream $TEST_NGINX_T053_STREAM;
+shopify_oauth_client_id t053-client;
+shopify_oauth_client_secret t053-new-secret;
+shopify_oauth_client_secret t053-old-secret;
+shopify_oauth_scopes read_orders;
+shopify_oauth_token_key file=$TEST_NGINX_T053_KEY;
+shopify_oauth_timestamp_window $TEST_NGINX_T053_WINDOW;
+map $shopify_oauth_shop $t053_granted { default read_orders; }
+--- request eval
+[::callback(state => ::state_n(4), secret => 'a-guessed-secret')]
+--- more_headers eval
+[::cookie(state => ::state_n(4))]
+--- error_code eval
+[401]
+--- response_body_like eval
+[qr/Invalid signature/]
+--- error_log
+query signature does not match
+--- no_error_log
+[error]
+
+
+
+=== TEST 5: without the rotation, the previous secret's signature is refused
 --- request eval
 [::callback(state => ::state_n(5), secret => $::OLD)]
 --- more_headers eval
@@ -172,7 +249,32 @@ qr/acme-demo\.myshopify\.com is installed\./
 
 
 
-=== TEST 3: scopes: unauthenticated_write_x covers unauthenticated_read_x, write_x read_x
+=== TEST 6: rotation: an install link Shopify signed with the previous secret redirects
+--- http_config
+shopify_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+shopify_oauth_client_id t053-client;
+shopify_oauth_client_secret t053-new-secret;
+shopify_oauth_client_secret t053-old-secret;
+shopify_oauth_scopes read_orders;
+shopify_oauth_timestamp_window $TEST_NGINX_T053_WINDOW;
+--- config
+location = /oauth/install {
+    shopify_oauth_install;
+    shopify_oauth_redirect_uri https://app.example/oauth/callback;
+}
+--- request eval
+"GET /oauth/install?" . ::signed($::OLD, shop => $::SHOP, timestamp => time)
+--- error_code: 302
+--- response_headers_like
+Location: https://acme-demo\.myshopify\.com/admin/oauth/authorize\?client_id=t053-client&.*
+--- error_log
+query signature matched client secret #2
+--- no_error_log
+[error]
+
+
+
+=== TEST 7: scopes: unauthenticated_write_x covers unauthenticated_read_x, write_x read_x
 --- http_config
 shopify_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
 shopify_webhook_stream $TEST_NGINX_T053_STREAM;
@@ -197,7 +299,7 @@ qr/unauth\.myshopify\.com is installed\./
 
 
 
-=== TEST 4: scopes: a read grant is short of a write request
+=== TEST 8: scopes: a read grant is short of a write request
 --- http_config
 shopify_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
 shopify_webhook_stream $TEST_NGINX_T053_STREAM;
@@ -223,7 +325,7 @@ first missing: "unauthenticated_write_checkouts"
 
 
 
-=== TEST 5: scopes: an unauthenticated_ grant does not cover the plain scope
+=== TEST 9: scopes: an unauthenticated_ grant does not cover the plain scope
 --- http_config
 shopify_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
 shopify_webhook_stream $TEST_NGINX_T053_STREAM;
