@@ -18,6 +18,8 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <malloc.h>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -59,6 +61,7 @@ typedef struct {
     ngx_str_t                    token_key;     /* 32 bytes */
     time_t                       state_ttl;
     time_t                       window;
+    ngx_msec_t                   store_timeout;
 } ngx_http_shopify_oauth_loc_conf_t;
 
 
@@ -80,6 +83,9 @@ typedef struct {
     ngx_uint_t                   status;    /* and its status */
     ngx_uint_t                   step;
     ngx_event_t                  timeout;   /* redis reply deadline */
+    ngx_event_t                  retry;     /* the entry, sent again */
+    ngx_msec_t                   store_deadline;
+    ngx_uint_t                   attempts;
     unsigned                     exchanged:1;
 } ngx_http_shopify_oauth_ctx_t;
 
@@ -97,12 +103,20 @@ static ngx_int_t ngx_http_shopify_oauth_exchanged(ngx_http_request_t *sr,
 static void ngx_http_shopify_oauth_resume(ngx_http_request_t *r);
 static ngx_int_t ngx_http_shopify_oauth_store(ngx_http_request_t *r,
     ngx_http_shopify_oauth_ctx_t *ctx);
+static ngx_int_t ngx_http_shopify_oauth_answer(ngx_http_request_t *r,
+    ngx_http_shopify_oauth_ctx_t *ctx, ngx_uint_t *status,
+    const char **reason);
+static void *ngx_http_shopify_oauth_json_malloc(size_t size);
+static void ngx_http_shopify_oauth_json_free(void *p);
 static ngx_int_t ngx_http_shopify_oauth_entry(ngx_http_request_t *r,
     ngx_http_shopify_oauth_ctx_t *ctx, json_t *answer, json_t *granted);
 static void ngx_http_shopify_oauth_enqueued(ngx_http_request_t *r,
     void *reply);
 static ngx_int_t ngx_http_shopify_oauth_redis(ngx_http_request_t *r,
     ngx_http_shopify_oauth_ctx_t *ctx);
+static void ngx_http_shopify_oauth_store_failed(ngx_http_request_t *r,
+    ngx_http_shopify_oauth_ctx_t *ctx, ngx_str_t *detail);
+static void ngx_http_shopify_oauth_retry_handler(ngx_event_t *ev);
 static void ngx_http_shopify_oauth_timeout_handler(ngx_event_t *ev);
 static void ngx_http_shopify_oauth_cleanup(void *data);
 static void ngx_http_shopify_oauth_finish(ngx_http_request_t *r,
@@ -247,6 +261,13 @@ static ngx_command_t  ngx_http_shopify_oauth_commands[] = {
       ngx_conf_set_sec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_shopify_oauth_loc_conf_t, window),
+      NULL },
+
+    { ngx_string("shopify_oauth_store_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_shopify_oauth_loc_conf_t, store_timeout),
       NULL },
 
       ngx_null_command
@@ -670,6 +691,10 @@ ngx_http_shopify_oauth_callback_handler(ngx_http_request_t *r)
     ctx->timeout.data = r;
     ctx->timeout.log = r->connection->log;
 
+    ctx->retry.handler = ngx_http_shopify_oauth_retry_handler;
+    ctx->retry.data = r;
+    ctx->retry.log = r->connection->log;
+
     ctx->step = NGX_HTTP_SHOPIFY_OAUTH_STEP_STATE;
 
     rc = ngx_http_shopify_oauth_redis(r, ctx);
@@ -972,8 +997,9 @@ ngx_http_shopify_oauth_exchanged(ngx_http_request_t *sr, void *data,
 static void
 ngx_http_shopify_oauth_resume(ngx_http_request_t *r)
 {
-    ngx_int_t                      rc;
-    ngx_http_shopify_oauth_ctx_t  *ctx;
+    ngx_int_t                           rc;
+    ngx_http_shopify_oauth_ctx_t       *ctx;
+    ngx_http_shopify_oauth_loc_conf_t  *olcf;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_shopify_oauth_module);
 
@@ -983,7 +1009,10 @@ ngx_http_shopify_oauth_resume(ngx_http_request_t *r)
         return;
     }
 
+    olcf = ngx_http_get_module_loc_conf(r, ngx_http_shopify_oauth_module);
+
     ctx->step = NGX_HTTP_SHOPIFY_OAUTH_STEP_ENQUEUE;
+    ctx->store_deadline = ngx_current_msec + olcf->store_timeout;
     r->write_event_handler = ngx_http_request_empty_handler;
 
     /* the request may be finished and freed inside: ctx is gone unless
@@ -1008,6 +1037,61 @@ static ngx_int_t
 ngx_http_shopify_oauth_store(ngx_http_request_t *r,
     ngx_http_shopify_oauth_ctx_t *ctx)
 {
+    ngx_int_t       rc;
+    ngx_str_t       detail;
+    ngx_uint_t      status;
+    const char     *reason;
+    json_free_t     saved_free;
+    json_malloc_t   saved_malloc;
+
+    /*
+     * while jansson holds the answer, every block it frees is wiped
+     * first: its parse buffer, the strings, the objects; only this code
+     * runs until the allocator is put back
+     */
+
+    json_get_alloc_funcs(&saved_malloc, &saved_free);
+    json_set_alloc_funcs(ngx_http_shopify_oauth_json_malloc,
+                         ngx_http_shopify_oauth_json_free);
+
+    rc = ngx_http_shopify_oauth_answer(r, ctx, &status, &reason);
+
+    json_set_alloc_funcs(saved_malloc, saved_free);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (status) {
+        ngx_http_shopify_oauth_finish(r, status, reason);
+        return NGX_OK;
+    }
+
+    rc = ngx_http_shopify_oauth_redis(r, ctx);
+
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        ngx_str_set(&detail, "redis is down");
+        ngx_http_shopify_oauth_store_failed(r, ctx, &detail);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Parses and checks the answer and lays out the entry.  *status: 0 when
+ * the entry is ready, else the refusal to answer with *reason.
+ */
+
+static ngx_int_t
+ngx_http_shopify_oauth_answer(ngx_http_request_t *r,
+    ngx_http_shopify_oauth_ctx_t *ctx, ngx_uint_t *status,
+    const char **reason)
+{
     json_t                             *answer, *token, *scope, *error;
     ngx_int_t                           rc;
     ngx_str_t                           granted, missing;
@@ -1017,8 +1101,7 @@ ngx_http_shopify_oauth_store(ngx_http_request_t *r,
     olcf = ngx_http_get_module_loc_conf(r, ngx_http_shopify_oauth_module);
 
     answer = NULL;
-
-    /* TODO: jansson's parse buffer is freed without being wiped */
+    *status = 0;
 
     if (ctx->response.len) {
         answer = json_loadb((const char *) ctx->response.data,
@@ -1041,9 +1124,8 @@ ngx_http_shopify_oauth_store(ngx_http_request_t *r,
 
         json_decref(answer);
 
-        ngx_http_shopify_oauth_finish(r, NGX_HTTP_BAD_GATEWAY,
-                                      "Shopify did not grant access; install "
-                                      "the app again.");
+        *status = NGX_HTTP_BAD_GATEWAY;
+        *reason = "Shopify did not grant access; install the app again.";
         return NGX_OK;
     }
 
@@ -1061,8 +1143,8 @@ ngx_http_shopify_oauth_store(ngx_http_request_t *r,
 
         json_decref(answer);
 
-        ngx_http_shopify_oauth_finish(r, NGX_HTTP_BAD_GATEWAY,
-                                      "Unexpected answer from Shopify.");
+        *status = NGX_HTTP_BAD_GATEWAY;
+        *reason = "Unexpected answer from Shopify.";
         return NGX_OK;
     }
 
@@ -1080,10 +1162,9 @@ ngx_http_shopify_oauth_store(ngx_http_request_t *r,
 
         json_decref(answer);
 
-        ngx_http_shopify_oauth_finish(r, NGX_HTTP_FORBIDDEN,
-                                      "The app was granted fewer permissions "
-                                      "than it needs; install it again and "
-                                      "approve every permission.");
+        *status = NGX_HTTP_FORBIDDEN;
+        *reason = "The app was granted fewer permissions than it needs; "
+                  "install it again and approve every permission.";
         return NGX_OK;
     }
 
@@ -1091,28 +1172,26 @@ ngx_http_shopify_oauth_store(ngx_http_request_t *r,
 
     json_decref(answer);
 
-    if (rc != NGX_OK) {
-        return rc;
+    return rc;
+}
+
+
+/* plain malloc(), and a free() that wipes the whole block first */
+
+static void *
+ngx_http_shopify_oauth_json_malloc(size_t size)
+{
+    return malloc(size);
+}
+
+
+static void
+ngx_http_shopify_oauth_json_free(void *p)
+{
+    if (p) {
+        OPENSSL_cleanse(p, malloc_usable_size(p));
+        free(p);
     }
-
-    rc = ngx_http_shopify_oauth_redis(r, ctx);
-
-    if (rc == NGX_ERROR) {
-        return NGX_ERROR;
-    }
-
-    if (rc != NGX_OK) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "shopify oauth: token for \"%V\" obtained but not "
-                      "stored: redis %s", &ctx->shop,
-                      ngx_http_shopify_redis_state());
-
-        ngx_http_shopify_oauth_finish(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                      "Temporarily unavailable; install the "
-                                      "app again shortly.");
-    }
-
-    return NGX_OK;
 }
 
 
@@ -1355,15 +1434,81 @@ ngx_http_shopify_oauth_enqueued(ngx_http_request_t *r, void *reply)
         /* fall through */
 
     default:
-        /* TODO: the token is lost here; the merchant has to install again */
-        ngx_log_error(NGX_LOG_ERR, c->log, 0,
-                      "shopify oauth: token for \"%V\" obtained but not "
-                      "stored: %V", &ctx->shop, &detail);
-
-        ngx_http_shopify_oauth_finish(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                      "Temporarily unavailable; install the "
-                                      "app again shortly.");
+        ngx_http_shopify_oauth_store_failed(r, ctx, &detail);
         break;
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * The tokens are in hand but Redis did not take the entry (down, too
+ * slow, an error): it is sent again every half second until
+ * "shopify_oauth_store_timeout" has passed.  A copy that Redis did run
+ * after all makes the next try a duplicate, which counts as stored.
+ */
+
+static void
+ngx_http_shopify_oauth_store_failed(ngx_http_request_t *r,
+    ngx_http_shopify_oauth_ctx_t *ctx, ngx_str_t *detail)
+{
+    ngx_msec_int_t  left;
+
+    left = (ngx_msec_int_t) (ctx->store_deadline - ngx_current_msec);
+
+    ctx->attempts++;
+
+    if (left > 0) {
+        if (ctx->attempts == 1) {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "shopify oauth: token for \"%V\" not stored yet: "
+                          "%V; trying again", &ctx->shop, detail);
+
+        } else {
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "shopify oauth store attempt %ui failed: %V",
+                           ctx->attempts, detail);
+        }
+
+        ngx_add_timer(&ctx->retry, (ngx_msec_t) ngx_min(left, 500));
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "shopify oauth: token for \"%V\" obtained but not "
+                  "stored: %V; gave up after %ui attempts", &ctx->shop,
+                  detail, ctx->attempts);
+
+    ngx_http_shopify_oauth_finish(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                  "Shopify approved the app, but the install "
+                                  "could not be recorded here; install the "
+                                  "app again.");
+}
+
+
+static void
+ngx_http_shopify_oauth_retry_handler(ngx_event_t *ev)
+{
+    ngx_int_t                      rc;
+    ngx_str_t                      detail;
+    ngx_connection_t              *c;
+    ngx_http_request_t            *r;
+    ngx_http_shopify_oauth_ctx_t  *ctx;
+
+    r = ev->data;
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_shopify_oauth_module);
+
+    rc = ngx_http_shopify_oauth_redis(r, ctx);
+
+    if (rc == NGX_ERROR) {
+        ngx_http_shopify_oauth_finish(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                      "Internal error.");
+
+    } else if (rc != NGX_OK) {
+        ngx_str_set(&detail, "redis is down");
+        ngx_http_shopify_oauth_store_failed(r, ctx, &detail);
     }
 
     ngx_http_run_posted_requests(c);
@@ -1373,6 +1518,7 @@ ngx_http_shopify_oauth_enqueued(ngx_http_request_t *r, void *reply)
 static void
 ngx_http_shopify_oauth_timeout_handler(ngx_event_t *ev)
 {
+    ngx_str_t                      detail;
     ngx_uint_t                     sent;
     ngx_connection_t              *c;
     ngx_http_request_t            *r;
@@ -1391,15 +1537,20 @@ ngx_http_shopify_oauth_timeout_handler(ngx_event_t *ev)
 
     ngx_http_shopify_redis_unwait(&ctx->redis);
 
-    ngx_log_error(NGX_LOG_WARN, c->log, 0,
-                  "shopify oauth: \"%V\": redis did not answer in time%s",
-                  &ctx->shop,
-                  ctx->step == NGX_HTTP_SHOPIFY_OAUTH_STEP_ENQUEUE
-                  ? ", token obtained but not stored" : "");
+    if (ctx->step == NGX_HTTP_SHOPIFY_OAUTH_STEP_ENQUEUE) {
+        ngx_str_set(&detail, "redis did not answer in time");
+        ngx_http_shopify_oauth_store_failed(r, ctx, &detail);
 
-    ngx_http_shopify_oauth_finish(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                  "Temporarily unavailable; install the app "
-                                  "again shortly.");
+    } else {
+        ngx_log_error(NGX_LOG_WARN, c->log, 0,
+                      "shopify oauth: callback for \"%V\" not handled: "
+                      "redis did not answer in time", &ctx->shop);
+
+        /* the state may be marked used by now: a new install it is */
+        ngx_http_shopify_oauth_finish(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "Temporarily unavailable; install the "
+                                      "app again shortly.");
+    }
 
     ngx_http_run_posted_requests(c);
 
@@ -1425,6 +1576,10 @@ ngx_http_shopify_oauth_cleanup(void *data)
         ngx_del_timer(&ctx->timeout);
     }
 
+    if (ctx->retry.timer_set) {
+        ngx_del_timer(&ctx->retry);
+    }
+
     if (ctx->response.len) {
         OPENSSL_cleanse(ctx->response.data, ctx->response.len);
         ctx->response.len = 0;
@@ -1443,6 +1598,10 @@ ngx_http_shopify_oauth_finish(ngx_http_request_t *r, ngx_uint_t status,
 
     if (ctx && ctx->timeout.timer_set) {
         ngx_del_timer(&ctx->timeout);
+    }
+
+    if (ctx && ctx->retry.timer_set) {
+        ngx_del_timer(&ctx->retry);
     }
 
     text.data = (u_char *) reason;
@@ -2497,6 +2656,7 @@ ngx_http_shopify_oauth_create_loc_conf(ngx_conf_t *cf)
     olcf->redirect_uri = NGX_CONF_UNSET_PTR;
     olcf->state_ttl = NGX_CONF_UNSET;
     olcf->window = NGX_CONF_UNSET;
+    olcf->store_timeout = NGX_CONF_UNSET_MSEC;
 
     return olcf;
 }
@@ -2526,6 +2686,8 @@ ngx_http_shopify_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_conf_merge_str_value(conf->token_key, prev->token_key, "");
     ngx_conf_merge_sec_value(conf->state_ttl, prev->state_ttl, 600);
     ngx_conf_merge_sec_value(conf->window, prev->window, 90);
+    ngx_conf_merge_msec_value(conf->store_timeout, prev->store_timeout,
+                              10000);
 
     if (conf->handler == 0) {
         return NGX_CONF_OK;

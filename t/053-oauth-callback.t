@@ -2,7 +2,8 @@
 # endpoint (an internal location that checks the exchange's form and
 # answers as Shopify does): a client-secret rotation (callbacks and
 # install links signed with the old secret, cookies issued before it, the
-# exchange with the new one), and scopes that imply others.
+# exchange with the new one), scopes that imply others, and an entry Redis
+# does not take at once (tried again, then given up with a clear page).
 
 use Test::Nginx::Socket 'no_plan';
 use Digest::SHA qw(hmac_sha256 hmac_sha256_hex);
@@ -144,6 +145,7 @@ END {
 }
 
 __DATA__
+
 === TEST 1: a callback with a good cookie: exchanged with the current secret, installed
 --- request eval
 ::callback(state => ::state_n(1))
@@ -348,3 +350,49 @@ qr/fewer permissions/
 first missing: "read_orders"
 --- no_error_log
 [error]
+
+
+
+=== TEST 10: Redis refuses the entry for a second: tried again, then installed
+--- init
+::break_stream($::STREAM, 1);
+--- request eval
+::callback(state => ::state_n(10))
+--- more_headers eval
+::cookie(state => ::state_n(10))
+--- timeout: 15
+--- error_code: 200
+--- response_body_like eval
+qr/acme-demo\.myshopify\.com is installed\./
+--- error_log
+token for "acme-demo.myshopify.com" not stored yet: WRONGTYPE
+trying again
+"acme-demo.myshopify.com" installed, entry
+--- no_error_log
+[error]
+
+
+
+=== TEST 11: Redis keeps refusing the entry: given up after shopify_oauth_store_timeout, the page says so
+--- http_config
+shopify_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+shopify_webhook_stream $TEST_NGINX_T053_STREAM:dead;
+shopify_oauth_client_id t053-client;
+shopify_oauth_client_secret t053-new-secret;
+shopify_oauth_scopes read_orders;
+shopify_oauth_token_key file=$TEST_NGINX_T053_KEY;
+shopify_oauth_timestamp_window $TEST_NGINX_T053_WINDOW;
+shopify_oauth_store_timeout 1200ms;
+map $shopify_oauth_shop $t053_granted { default read_orders; }
+--- init
+::break_stream("$::STREAM:dead");
+--- request eval
+::callback(state => ::state_n(11))
+--- more_headers eval
+::cookie(state => ::state_n(11))
+--- timeout: 15
+--- error_code: 503
+--- response_body_like eval
+qr/Shopify approved the app, but the install could not be recorded here; install the app again\./
+--- error_log eval
+[qr/token for "acme-demo\.myshopify\.com" obtained but not stored: WRONGTYPE[^;]*; gave up after [3-9] attempts/]
