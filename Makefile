@@ -18,7 +18,7 @@ MODULE_SRCS := $(wildcard ngx_shopify_module/*.c ngx_shopify_module/*.h) config
 VALGRIND_TESTS ?= t/010-webhook.t t/011-intake-features.t \
                   t/012-intake-workers.t t/020-intake-redis.t \
                   t/021-intake-redis-auth.t t/022-intake-reload.t \
-                  t/050-oauth.t t/051-oauth-install.t
+                  t/050-oauth.t t/051-oauth-install.t t/053-oauth-callback.t
 
 .PHONY: all module worker deps test unit demo up down clean lint bench \
         valgrind

@@ -18,6 +18,8 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <malloc.h>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -49,8 +51,9 @@
 typedef struct {
     ngx_uint_t                   handler;
     ngx_str_t                    client_id;
-    ngx_str_t                    client_secret;
+    ngx_array_t                 *client_secrets;    /* of ngx_str_t */
     ngx_str_t                    state_secret;
+    ngx_array_t                 *state_keys;        /* of ngx_str_t */
     ngx_str_t                    scopes;
     ngx_http_complex_value_t    *redirect_uri;
     ngx_str_t                    token_location;
@@ -58,6 +61,7 @@ typedef struct {
     ngx_str_t                    token_key;     /* 32 bytes */
     time_t                       state_ttl;
     time_t                       window;
+    ngx_msec_t                   store_timeout;
 } ngx_http_shopify_oauth_loc_conf_t;
 
 
@@ -79,6 +83,9 @@ typedef struct {
     ngx_uint_t                   status;    /* and its status */
     ngx_uint_t                   step;
     ngx_event_t                  timeout;   /* redis reply deadline */
+    ngx_event_t                  retry;     /* the entry, sent again */
+    ngx_msec_t                   store_deadline;
+    ngx_uint_t                   attempts;
     unsigned                     exchanged:1;
 } ngx_http_shopify_oauth_ctx_t;
 
@@ -96,12 +103,20 @@ static ngx_int_t ngx_http_shopify_oauth_exchanged(ngx_http_request_t *sr,
 static void ngx_http_shopify_oauth_resume(ngx_http_request_t *r);
 static ngx_int_t ngx_http_shopify_oauth_store(ngx_http_request_t *r,
     ngx_http_shopify_oauth_ctx_t *ctx);
+static ngx_int_t ngx_http_shopify_oauth_answer(ngx_http_request_t *r,
+    ngx_http_shopify_oauth_ctx_t *ctx, ngx_uint_t *status,
+    const char **reason);
+static void *ngx_http_shopify_oauth_json_malloc(size_t size);
+static void ngx_http_shopify_oauth_json_free(void *p);
 static ngx_int_t ngx_http_shopify_oauth_entry(ngx_http_request_t *r,
     ngx_http_shopify_oauth_ctx_t *ctx, json_t *answer, json_t *granted);
 static void ngx_http_shopify_oauth_enqueued(ngx_http_request_t *r,
     void *reply);
 static ngx_int_t ngx_http_shopify_oauth_redis(ngx_http_request_t *r,
     ngx_http_shopify_oauth_ctx_t *ctx);
+static void ngx_http_shopify_oauth_store_failed(ngx_http_request_t *r,
+    ngx_http_shopify_oauth_ctx_t *ctx, ngx_str_t *detail);
+static void ngx_http_shopify_oauth_retry_handler(ngx_event_t *ev);
 static void ngx_http_shopify_oauth_timeout_handler(ngx_event_t *ev);
 static void ngx_http_shopify_oauth_cleanup(void *data);
 static void ngx_http_shopify_oauth_finish(ngx_http_request_t *r,
@@ -124,9 +139,8 @@ static ngx_int_t ngx_http_shopify_oauth_shop(ngx_str_t *raw,
 static ngx_int_t ngx_http_shopify_oauth_cookie_check(ngx_http_request_t *r,
     ngx_http_shopify_oauth_loc_conf_t *olcf, ngx_str_t *state,
     ngx_str_t *shop, const char **why);
-static ngx_int_t ngx_http_shopify_oauth_cookie_mac(
-    ngx_http_shopify_oauth_loc_conf_t *olcf, ngx_str_t *state,
-    time_t expiry, ngx_str_t *shop, u_char *mac);
+static ngx_int_t ngx_http_shopify_oauth_cookie_mac(ngx_str_t *key,
+    ngx_str_t *state, time_t expiry, ngx_str_t *shop, u_char *mac);
 static ngx_int_t ngx_http_shopify_oauth_add_header(ngx_http_request_t *r,
     const char *name, ngx_str_t *value);
 static ngx_int_t ngx_http_shopify_oauth_clear_cookie(ngx_http_request_t *r);
@@ -148,6 +162,8 @@ static char *ngx_http_shopify_oauth_merge_loc_conf(ngx_conf_t *cf,
 static char *ngx_http_shopify_oauth_set_handler(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_shopify_oauth_set_secret(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_shopify_oauth_set_client_secret(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_shopify_oauth_set_key(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
@@ -186,9 +202,9 @@ static ngx_command_t  ngx_http_shopify_oauth_commands[] = {
 
     { ngx_string("shopify_oauth_client_secret"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_shopify_oauth_set_secret,
+      ngx_http_shopify_oauth_set_client_secret,
       NGX_HTTP_LOC_CONF_OFFSET,
-      offsetof(ngx_http_shopify_oauth_loc_conf_t, client_secret),
+      offsetof(ngx_http_shopify_oauth_loc_conf_t, client_secrets),
       NULL },
 
     { ngx_string("shopify_oauth_state_secret"),
@@ -245,6 +261,13 @@ static ngx_command_t  ngx_http_shopify_oauth_commands[] = {
       ngx_conf_set_sec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_shopify_oauth_loc_conf_t, window),
+      NULL },
+
+    { ngx_string("shopify_oauth_store_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_shopify_oauth_loc_conf_t, store_timeout),
       NULL },
 
       ngx_null_command
@@ -415,7 +438,9 @@ ngx_http_shopify_oauth_install_handler(ngx_http_request_t *r)
 
     expiry = ngx_time() + olcf->state_ttl;
 
-    if (ngx_http_shopify_oauth_cookie_mac(olcf, &state, expiry, &shop, mac)
+    /* signed with the current key, the first one */
+    if (ngx_http_shopify_oauth_cookie_mac(olcf->state_keys->elts, &state,
+                                          expiry, &shop, mac)
         != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -666,6 +691,10 @@ ngx_http_shopify_oauth_callback_handler(ngx_http_request_t *r)
     ctx->timeout.data = r;
     ctx->timeout.log = r->connection->log;
 
+    ctx->retry.handler = ngx_http_shopify_oauth_retry_handler;
+    ctx->retry.data = r;
+    ctx->retry.log = r->connection->log;
+
     ctx->step = NGX_HTTP_SHOPIFY_OAUTH_STEP_STATE;
 
     rc = ngx_http_shopify_oauth_redis(r, ctx);
@@ -829,6 +858,7 @@ ngx_http_shopify_oauth_exchange(ngx_http_request_t *r,
     u_char                             *p;
     size_t                              len;
     ngx_buf_t                          *b;
+    ngx_str_t                          *secret;
     ngx_chain_t                        *cl;
     ngx_http_request_t                 *sr;
     ngx_http_request_body_t            *rb;
@@ -837,9 +867,11 @@ ngx_http_shopify_oauth_exchange(ngx_http_request_t *r,
 
     olcf = ngx_http_get_module_loc_conf(r, ngx_http_shopify_oauth_module);
 
+    /* the current secret: the first one */
+    secret = olcf->client_secrets->elts;
+
     len = sizeof("client_id=&client_secret=&code=&expiring=1") - 1
-          + 3 * (olcf->client_id.len + olcf->client_secret.len
-                 + ctx->code.len);
+          + 3 * (olcf->client_id.len + secret->len + ctx->code.len);
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
@@ -850,8 +882,7 @@ ngx_http_shopify_oauth_exchange(ngx_http_request_t *r,
     p += ngx_http_shopify_oauth_escape(p, olcf->client_id.data,
                                        olcf->client_id.len);
     p = ngx_cpymem(p, "&client_secret=", sizeof("&client_secret=") - 1);
-    p += ngx_http_shopify_oauth_escape(p, olcf->client_secret.data,
-                                       olcf->client_secret.len);
+    p += ngx_http_shopify_oauth_escape(p, secret->data, secret->len);
     p = ngx_cpymem(p, "&code=", sizeof("&code=") - 1);
     p += ngx_http_shopify_oauth_escape(p, ctx->code.data, ctx->code.len);
     p = ngx_cpymem(p, "&expiring=1", sizeof("&expiring=1") - 1);
@@ -966,8 +997,9 @@ ngx_http_shopify_oauth_exchanged(ngx_http_request_t *sr, void *data,
 static void
 ngx_http_shopify_oauth_resume(ngx_http_request_t *r)
 {
-    ngx_int_t                      rc;
-    ngx_http_shopify_oauth_ctx_t  *ctx;
+    ngx_int_t                           rc;
+    ngx_http_shopify_oauth_ctx_t       *ctx;
+    ngx_http_shopify_oauth_loc_conf_t  *olcf;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_shopify_oauth_module);
 
@@ -977,7 +1009,10 @@ ngx_http_shopify_oauth_resume(ngx_http_request_t *r)
         return;
     }
 
+    olcf = ngx_http_get_module_loc_conf(r, ngx_http_shopify_oauth_module);
+
     ctx->step = NGX_HTTP_SHOPIFY_OAUTH_STEP_ENQUEUE;
+    ctx->store_deadline = ngx_current_msec + olcf->store_timeout;
     r->write_event_handler = ngx_http_request_empty_handler;
 
     /* the request may be finished and freed inside: ctx is gone unless
@@ -1002,6 +1037,61 @@ static ngx_int_t
 ngx_http_shopify_oauth_store(ngx_http_request_t *r,
     ngx_http_shopify_oauth_ctx_t *ctx)
 {
+    ngx_int_t       rc;
+    ngx_str_t       detail;
+    ngx_uint_t      status;
+    const char     *reason;
+    json_free_t     saved_free;
+    json_malloc_t   saved_malloc;
+
+    /*
+     * while jansson holds the answer, every block it frees is wiped
+     * first: its parse buffer, the strings, the objects; only this code
+     * runs until the allocator is put back
+     */
+
+    json_get_alloc_funcs(&saved_malloc, &saved_free);
+    json_set_alloc_funcs(ngx_http_shopify_oauth_json_malloc,
+                         ngx_http_shopify_oauth_json_free);
+
+    rc = ngx_http_shopify_oauth_answer(r, ctx, &status, &reason);
+
+    json_set_alloc_funcs(saved_malloc, saved_free);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (status) {
+        ngx_http_shopify_oauth_finish(r, status, reason);
+        return NGX_OK;
+    }
+
+    rc = ngx_http_shopify_oauth_redis(r, ctx);
+
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        ngx_str_set(&detail, "redis is down");
+        ngx_http_shopify_oauth_store_failed(r, ctx, &detail);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Parses and checks the answer and lays out the entry.  *status: 0 when
+ * the entry is ready, else the refusal to answer with *reason.
+ */
+
+static ngx_int_t
+ngx_http_shopify_oauth_answer(ngx_http_request_t *r,
+    ngx_http_shopify_oauth_ctx_t *ctx, ngx_uint_t *status,
+    const char **reason)
+{
     json_t                             *answer, *token, *scope, *error;
     ngx_int_t                           rc;
     ngx_str_t                           granted, missing;
@@ -1011,8 +1101,7 @@ ngx_http_shopify_oauth_store(ngx_http_request_t *r,
     olcf = ngx_http_get_module_loc_conf(r, ngx_http_shopify_oauth_module);
 
     answer = NULL;
-
-    /* TODO: jansson's parse buffer is freed without being wiped */
+    *status = 0;
 
     if (ctx->response.len) {
         answer = json_loadb((const char *) ctx->response.data,
@@ -1035,9 +1124,8 @@ ngx_http_shopify_oauth_store(ngx_http_request_t *r,
 
         json_decref(answer);
 
-        ngx_http_shopify_oauth_finish(r, NGX_HTTP_BAD_GATEWAY,
-                                      "Shopify did not grant access; install "
-                                      "the app again.");
+        *status = NGX_HTTP_BAD_GATEWAY;
+        *reason = "Shopify did not grant access; install the app again.";
         return NGX_OK;
     }
 
@@ -1055,8 +1143,8 @@ ngx_http_shopify_oauth_store(ngx_http_request_t *r,
 
         json_decref(answer);
 
-        ngx_http_shopify_oauth_finish(r, NGX_HTTP_BAD_GATEWAY,
-                                      "Unexpected answer from Shopify.");
+        *status = NGX_HTTP_BAD_GATEWAY;
+        *reason = "Unexpected answer from Shopify.";
         return NGX_OK;
     }
 
@@ -1074,10 +1162,9 @@ ngx_http_shopify_oauth_store(ngx_http_request_t *r,
 
         json_decref(answer);
 
-        ngx_http_shopify_oauth_finish(r, NGX_HTTP_FORBIDDEN,
-                                      "The app was granted fewer permissions "
-                                      "than it needs; install it again and "
-                                      "approve every permission.");
+        *status = NGX_HTTP_FORBIDDEN;
+        *reason = "The app was granted fewer permissions than it needs; "
+                  "install it again and approve every permission.";
         return NGX_OK;
     }
 
@@ -1085,28 +1172,26 @@ ngx_http_shopify_oauth_store(ngx_http_request_t *r,
 
     json_decref(answer);
 
-    if (rc != NGX_OK) {
-        return rc;
+    return rc;
+}
+
+
+/* plain malloc(), and a free() that wipes the whole block first */
+
+static void *
+ngx_http_shopify_oauth_json_malloc(size_t size)
+{
+    return malloc(size);
+}
+
+
+static void
+ngx_http_shopify_oauth_json_free(void *p)
+{
+    if (p) {
+        OPENSSL_cleanse(p, malloc_usable_size(p));
+        free(p);
     }
-
-    rc = ngx_http_shopify_oauth_redis(r, ctx);
-
-    if (rc == NGX_ERROR) {
-        return NGX_ERROR;
-    }
-
-    if (rc != NGX_OK) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "shopify oauth: token for \"%V\" obtained but not "
-                      "stored: redis %s", &ctx->shop,
-                      ngx_http_shopify_redis_state());
-
-        ngx_http_shopify_oauth_finish(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                      "Temporarily unavailable; install the "
-                                      "app again shortly.");
-    }
-
-    return NGX_OK;
 }
 
 
@@ -1349,15 +1434,81 @@ ngx_http_shopify_oauth_enqueued(ngx_http_request_t *r, void *reply)
         /* fall through */
 
     default:
-        /* TODO: the token is lost here; the merchant has to install again */
-        ngx_log_error(NGX_LOG_ERR, c->log, 0,
-                      "shopify oauth: token for \"%V\" obtained but not "
-                      "stored: %V", &ctx->shop, &detail);
-
-        ngx_http_shopify_oauth_finish(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                      "Temporarily unavailable; install the "
-                                      "app again shortly.");
+        ngx_http_shopify_oauth_store_failed(r, ctx, &detail);
         break;
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * The tokens are in hand but Redis did not take the entry (down, too
+ * slow, an error): it is sent again every half second until
+ * "shopify_oauth_store_timeout" has passed.  A copy that Redis did run
+ * after all makes the next try a duplicate, which counts as stored.
+ */
+
+static void
+ngx_http_shopify_oauth_store_failed(ngx_http_request_t *r,
+    ngx_http_shopify_oauth_ctx_t *ctx, ngx_str_t *detail)
+{
+    ngx_msec_int_t  left;
+
+    left = (ngx_msec_int_t) (ctx->store_deadline - ngx_current_msec);
+
+    ctx->attempts++;
+
+    if (left > 0) {
+        if (ctx->attempts == 1) {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "shopify oauth: token for \"%V\" not stored yet: "
+                          "%V; trying again", &ctx->shop, detail);
+
+        } else {
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "shopify oauth store attempt %ui failed: %V",
+                           ctx->attempts, detail);
+        }
+
+        ngx_add_timer(&ctx->retry, (ngx_msec_t) ngx_min(left, 500));
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "shopify oauth: token for \"%V\" obtained but not "
+                  "stored: %V; gave up after %ui attempts", &ctx->shop,
+                  detail, ctx->attempts);
+
+    ngx_http_shopify_oauth_finish(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                  "Shopify approved the app, but the install "
+                                  "could not be recorded here; install the "
+                                  "app again.");
+}
+
+
+static void
+ngx_http_shopify_oauth_retry_handler(ngx_event_t *ev)
+{
+    ngx_int_t                      rc;
+    ngx_str_t                      detail;
+    ngx_connection_t              *c;
+    ngx_http_request_t            *r;
+    ngx_http_shopify_oauth_ctx_t  *ctx;
+
+    r = ev->data;
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_shopify_oauth_module);
+
+    rc = ngx_http_shopify_oauth_redis(r, ctx);
+
+    if (rc == NGX_ERROR) {
+        ngx_http_shopify_oauth_finish(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                      "Internal error.");
+
+    } else if (rc != NGX_OK) {
+        ngx_str_set(&detail, "redis is down");
+        ngx_http_shopify_oauth_store_failed(r, ctx, &detail);
     }
 
     ngx_http_run_posted_requests(c);
@@ -1367,6 +1518,7 @@ ngx_http_shopify_oauth_enqueued(ngx_http_request_t *r, void *reply)
 static void
 ngx_http_shopify_oauth_timeout_handler(ngx_event_t *ev)
 {
+    ngx_str_t                      detail;
     ngx_uint_t                     sent;
     ngx_connection_t              *c;
     ngx_http_request_t            *r;
@@ -1385,15 +1537,20 @@ ngx_http_shopify_oauth_timeout_handler(ngx_event_t *ev)
 
     ngx_http_shopify_redis_unwait(&ctx->redis);
 
-    ngx_log_error(NGX_LOG_WARN, c->log, 0,
-                  "shopify oauth: \"%V\": redis did not answer in time%s",
-                  &ctx->shop,
-                  ctx->step == NGX_HTTP_SHOPIFY_OAUTH_STEP_ENQUEUE
-                  ? ", token obtained but not stored" : "");
+    if (ctx->step == NGX_HTTP_SHOPIFY_OAUTH_STEP_ENQUEUE) {
+        ngx_str_set(&detail, "redis did not answer in time");
+        ngx_http_shopify_oauth_store_failed(r, ctx, &detail);
 
-    ngx_http_shopify_oauth_finish(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                  "Temporarily unavailable; install the app "
-                                  "again shortly.");
+    } else {
+        ngx_log_error(NGX_LOG_WARN, c->log, 0,
+                      "shopify oauth: callback for \"%V\" not handled: "
+                      "redis did not answer in time", &ctx->shop);
+
+        /* the state may be marked used by now: a new install it is */
+        ngx_http_shopify_oauth_finish(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "Temporarily unavailable; install the "
+                                      "app again shortly.");
+    }
 
     ngx_http_run_posted_requests(c);
 
@@ -1419,6 +1576,10 @@ ngx_http_shopify_oauth_cleanup(void *data)
         ngx_del_timer(&ctx->timeout);
     }
 
+    if (ctx->retry.timer_set) {
+        ngx_del_timer(&ctx->retry);
+    }
+
     if (ctx->response.len) {
         OPENSSL_cleanse(ctx->response.data, ctx->response.len);
         ctx->response.len = 0;
@@ -1437,6 +1598,10 @@ ngx_http_shopify_oauth_finish(ngx_http_request_t *r, ngx_uint_t status,
 
     if (ctx && ctx->timeout.timer_set) {
         ngx_del_timer(&ctx->timeout);
+    }
+
+    if (ctx && ctx->retry.timer_set) {
+        ngx_del_timer(&ctx->retry);
     }
 
     text.data = (u_char *) reason;
@@ -1740,7 +1905,7 @@ ngx_http_shopify_oauth_verify_query(ngx_http_request_t *r,
     u_char                        *p, *q;
     u_char                         given[32], mac[32];
     size_t                         len;
-    ngx_str_t                     *items, base, *hmac;
+    ngx_str_t                     *items, base, *hmac, *secrets;
     ngx_int_t                      n;
     ngx_uint_t                     i, j, nitems;
     ngx_http_shopify_oauth_arg_t  *arg;
@@ -1892,22 +2057,38 @@ ngx_http_shopify_oauth_verify_query(ngx_http_request_t *r,
         p = ngx_cpymem(p, items[i].data, items[i].len);
     }
 
-    /* TODO: also accept the previous client secret during a rotation */
+    /* every configured secret: several during a rotation */
 
-    if (ngx_http_shopify_oauth_hmac(&olcf->client_secret, q, p - q, mac)
-        != NGX_OK)
-    {
-        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                      "shopify oauth: HMAC computation failed");
-        return NGX_ERROR;
+    secrets = olcf->client_secrets->elts;
+
+    for (i = 0; i < olcf->client_secrets->nelts; i++) {
+
+        if (ngx_http_shopify_oauth_hmac(&secrets[i], q, p - q, mac)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                          "shopify oauth: HMAC computation failed");
+            return NGX_ERROR;
+        }
+
+        if (CRYPTO_memcmp(mac, given, sizeof(mac)) == 0) {
+            break;
+        }
     }
 
-    if (CRYPTO_memcmp(mac, given, sizeof(mac)) != 0) {
+    if (i == olcf->client_secrets->nelts) {
         goto bad;
     }
 
-    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "shopify oauth query signature verified");
+    if (i > 0) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "shopify oauth: query signature matched client "
+                      "secret #%ui, not the first one", i + 1);
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "shopify oauth query signature verified with secret #%ui",
+                   i + 1);
 
     return NGX_OK;
 
@@ -2028,7 +2209,7 @@ ngx_http_shopify_oauth_cookie_check(ngx_http_request_t *r,
     u_char       given[32], mac[32];
     time_t       expiry;
     ngx_int_t    n;
-    ngx_str_t    value, cstate, cshop;
+    ngx_str_t    value, cstate, cshop, *keys;
     ngx_uint_t   i;
 
     if (state->len != NGX_HTTP_SHOPIFY_OAUTH_STATE_LEN * 2) {
@@ -2102,14 +2283,26 @@ ngx_http_shopify_oauth_cookie_check(ngx_http_request_t *r,
     cshop.data = p;
     cshop.len = last - p;
 
-    if (ngx_http_shopify_oauth_cookie_mac(olcf, &cstate, expiry, &cshop, mac)
-        != NGX_OK)
-    {
-        *why = "HMAC computation failed";
-        return NGX_DECLINED;
+    /* issued under any of the keys: an install begun before a rotation */
+
+    keys = olcf->state_keys->elts;
+
+    for (i = 0; i < olcf->state_keys->nelts; i++) {
+
+        if (ngx_http_shopify_oauth_cookie_mac(&keys[i], &cstate, expiry,
+                                              &cshop, mac)
+            != NGX_OK)
+        {
+            *why = "HMAC computation failed";
+            return NGX_DECLINED;
+        }
+
+        if (CRYPTO_memcmp(mac, given, sizeof(mac)) == 0) {
+            break;
+        }
     }
 
-    if (CRYPTO_memcmp(mac, given, sizeof(mac)) != 0) {
+    if (i == olcf->state_keys->nelts) {
         *why = "install cookie with a bad signature";
         return NGX_DECLINED;
     }
@@ -2136,8 +2329,8 @@ ngx_http_shopify_oauth_cookie_check(ngx_http_request_t *r,
 
 
 static ngx_int_t
-ngx_http_shopify_oauth_cookie_mac(ngx_http_shopify_oauth_loc_conf_t *olcf,
-    ngx_str_t *state, time_t expiry, ngx_str_t *shop, u_char *mac)
+ngx_http_shopify_oauth_cookie_mac(ngx_str_t *key, ngx_str_t *state,
+    time_t expiry, ngx_str_t *shop, u_char *mac)
 {
     u_char  *p;
     u_char   buf[3 + 32 + 1 + NGX_TIME_T_LEN + 1 + 14
@@ -2151,8 +2344,7 @@ ngx_http_shopify_oauth_cookie_mac(ngx_http_shopify_oauth_loc_conf_t *olcf,
 
     p = ngx_sprintf(buf, "v1.%V.%T.%V", state, expiry, shop);
 
-    return ngx_http_shopify_oauth_hmac(&olcf->state_secret, buf, p - buf,
-                                       mac);
+    return ngx_http_shopify_oauth_hmac(key, buf, p - buf, mac);
 }
 
 
@@ -2208,8 +2400,9 @@ ngx_http_shopify_oauth_clear_cookie(ngx_http_request_t *r)
 
 /*
  * Whether the granted scopes cover the requested ones; a write_ scope
- * includes its read_ scope, as on Shopify.  *missing: the first one not
- * covered.
+ * includes its read_ scope, as on Shopify, and so does an
+ * unauthenticated_write_ one its unauthenticated_read_ one.  *missing: the
+ * first one not covered.
  */
 
 static ngx_uint_t
@@ -2217,8 +2410,10 @@ ngx_http_shopify_oauth_scopes_cover(ngx_str_t *granted,
     ngx_str_t *requested, ngx_str_t *missing)
 {
     u_char      *p, *last, *q, *qlast, *e, *f;
-    size_t       len, glen;
+    size_t       len, glen, pre;
     ngx_uint_t   found;
+
+    static ngx_str_t  unauth = ngx_string("unauthenticated_");
 
     p = requested->data;
     last = p + requested->len;
@@ -2232,6 +2427,11 @@ ngx_http_shopify_oauth_scopes_cover(ngx_str_t *granted,
         len = e - p;
 
         found = (len == 0);
+
+        /* the length of the part before "read_", if any */
+        pre = (len > unauth.len
+               && ngx_strncmp(p, unauth.data, unauth.len) == 0)
+              ? unauth.len : 0;
 
         q = granted->data;
         qlast = q + granted->len;
@@ -2255,10 +2455,13 @@ ngx_http_shopify_oauth_scopes_cover(ngx_str_t *granted,
             if (glen == len && ngx_memcmp(q, p, len) == 0) {
                 found = 1;
 
-            } else if (len > 5 && ngx_strncmp(p, "read_", 5) == 0
+            } else if (len > pre + 5
+                       && ngx_strncmp(p + pre, "read_", 5) == 0
                        && glen == len + 1
-                       && ngx_strncmp(q, "write_", 6) == 0
-                       && ngx_memcmp(q + 6, p + 5, len - 5) == 0)
+                       && ngx_memcmp(q, p, pre) == 0
+                       && ngx_strncmp(q + pre, "write_", 6) == 0
+                       && ngx_memcmp(q + pre + 6, p + pre + 5, len - pre - 5)
+                          == 0)
             {
                 found = 1;
             }
@@ -2445,12 +2648,15 @@ ngx_http_shopify_oauth_create_loc_conf(ngx_conf_t *cf)
      *
      *     olcf->handler = 0;
      *     olcf->client_id = { 0, NULL };
+     *     olcf->state_keys = NULL;
      *     ... every string empty
      */
 
+    olcf->client_secrets = NGX_CONF_UNSET_PTR;
     olcf->redirect_uri = NGX_CONF_UNSET_PTR;
     olcf->state_ttl = NGX_CONF_UNSET;
     olcf->window = NGX_CONF_UNSET;
+    olcf->store_timeout = NGX_CONF_UNSET_MSEC;
 
     return olcf;
 }
@@ -2463,11 +2669,14 @@ ngx_http_shopify_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_http_shopify_oauth_loc_conf_t *prev = parent;
     ngx_http_shopify_oauth_loc_conf_t *conf = child;
 
-    ngx_str_t                      label, *uri;
+    ngx_str_t                     *uri, *secret, *key;
+    ngx_str_t                      label;
+    ngx_uint_t                     i;
     ngx_http_shopify_main_conf_t  *smcf;
 
     ngx_conf_merge_str_value(conf->client_id, prev->client_id, "");
-    ngx_conf_merge_str_value(conf->client_secret, prev->client_secret, "");
+    ngx_conf_merge_ptr_value(conf->client_secrets, prev->client_secrets,
+                             NULL);
     ngx_conf_merge_str_value(conf->state_secret, prev->state_secret, "");
     ngx_conf_merge_str_value(conf->scopes, prev->scopes, "");
     ngx_conf_merge_ptr_value(conf->redirect_uri, prev->redirect_uri, NULL);
@@ -2477,12 +2686,14 @@ ngx_http_shopify_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_conf_merge_str_value(conf->token_key, prev->token_key, "");
     ngx_conf_merge_sec_value(conf->state_ttl, prev->state_ttl, 600);
     ngx_conf_merge_sec_value(conf->window, prev->window, 90);
+    ngx_conf_merge_msec_value(conf->store_timeout, prev->store_timeout,
+                              10000);
 
     if (conf->handler == 0) {
         return NGX_CONF_OK;
     }
 
-    if (conf->client_id.len == 0 || conf->client_secret.len == 0) {
+    if (conf->client_id.len == 0 || conf->client_secrets == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"shopify_oauth_%s\" needs "
                            "\"shopify_oauth_client_id\" and "
@@ -2506,23 +2717,47 @@ ngx_http_shopify_oauth_merge_loc_conf(ngx_conf_t *cf, void *parent,
         return NGX_CONF_ERROR;
     }
 
-    if (conf->state_secret.len == 0) {
-        /* derived from the client secret, for this one purpose */
-        conf->state_secret.data = ngx_pnalloc(cf->pool, 32);
-        if (conf->state_secret.data == NULL) {
+    conf->state_keys = ngx_array_create(cf->pool,
+                                        conf->client_secrets->nelts,
+                                        sizeof(ngx_str_t));
+    if (conf->state_keys == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->state_secret.len) {
+        key = ngx_array_push(conf->state_keys);
+        if (key == NULL) {
             return NGX_CONF_ERROR;
         }
+
+        *key = conf->state_secret;
+
+    } else {
+        /* one derived from each client secret, for this one purpose */
 
         ngx_str_set(&label, "shopify-bc oauth state cookie v1");
+        secret = conf->client_secrets->elts;
 
-        if (ngx_http_shopify_oauth_hmac(&conf->client_secret, label.data,
-                                        label.len, conf->state_secret.data)
-            != NGX_OK)
-        {
-            return NGX_CONF_ERROR;
+        for (i = 0; i < conf->client_secrets->nelts; i++) {
+            key = ngx_array_push(conf->state_keys);
+            if (key == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            key->data = ngx_pnalloc(cf->pool, 32);
+            if (key->data == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            if (ngx_http_shopify_oauth_hmac(&secret[i], label.data,
+                                            label.len, key->data)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            key->len = 32;
         }
-
-        conf->state_secret.len = 32;
     }
 
     if (conf->handler == NGX_HTTP_SHOPIFY_OAUTH_INSTALL) {
@@ -2622,6 +2857,59 @@ ngx_http_shopify_oauth_set_secret(ngx_conf_t *cf, ngx_command_t *cmd,
 
     ngx_memcpy(field->data, secret.data, secret.len);
     field->len = secret.len;
+
+    if (secret.data != value[1].data) {
+        OPENSSL_cleanse(secret.data, secret.len);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The app's client secret: inline, "file=/path" or "env=NAME".  Repeated
+ * (up to 8 times) during a rotation: a query signed with any of them is
+ * accepted, and the first one goes into the code exchange.
+ */
+
+static char *
+ngx_http_shopify_oauth_set_client_secret(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_shopify_oauth_loc_conf_t *olcf = conf;
+
+    ngx_str_t  *value, secret, *s;
+
+    if (olcf->client_secrets == NGX_CONF_UNSET_PTR) {
+        olcf->client_secrets = ngx_array_create(cf->pool, 2,
+                                                sizeof(ngx_str_t));
+        if (olcf->client_secrets == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (olcf->client_secrets->nelts == NGX_HTTP_SHOPIFY_MAX_SECRETS) {
+        return "is given too many times";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_http_shopify_load_secret(cf, &value[1], &secret) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    s = ngx_array_push(olcf->client_secrets);
+    if (s == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    s->data = ngx_pnalloc(cf->pool, secret.len);
+    if (s->data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(s->data, secret.data, secret.len);
+    s->len = secret.len;
 
     if (secret.data != value[1].data) {
         OPENSSL_cleanse(secret.data, secret.len);

@@ -353,6 +353,19 @@ is audit($A, 'customers_data_request')->[0], 1, 'data_request: audit row';
 my $rd = fixture('customers-redact.json');
 psql($db, "UPDATE bc_order_ledger SET error_message = 'juergen.groesse\@example.com'"
           . " WHERE shopify_order_id = 6021450011004");
+# the order sync state (a conflict's reason can quote BC's message), and
+# a ledger row the version 2 migration archived
+is row("SELECT count(*) FROM bc_order_sync WHERE shopify_order_id IN"
+       . " (6021450011001, 6021450011004)")->[0], 2,
+    'the two orders have their order sync rows';
+psql($db, "UPDATE bc_order_sync SET conflict_message = 'Customer Jürgen Größe is blocked'"
+          . " WHERE shopify_order_id IN (6021450011001, 6021450011004)");
+psql($db, "CREATE TABLE IF NOT EXISTS bc_order_ledger_v1_duplicates"
+          . " (LIKE bc_order_ledger, archived_at timestamptz NOT NULL DEFAULT now())");
+psql($db, "INSERT INTO bc_order_ledger_v1_duplicates SELECT *, now() FROM bc_order_ledger"
+          . " WHERE shopify_order_id IN (6021450011001, 6021450011004)");
+psql($db, "INSERT INTO bc_duplicate_checks (shopify_order_id, copies)"
+          . " VALUES (6021450011001, 1), (6021450011004, 1)");
 psql($db, "INSERT INTO dead_letters (shop, topic, reason, payload) VALUES"
           . " ('$A', 'orders/create', 'bc_rejected', '{\"id\":6021450011004}'),"
           . " ('$A', 'orders/create', 'bc_rejected',"
@@ -372,6 +385,14 @@ is row("SELECT count(*) FROM dead_letters WHERE payload LIKE '%6021450011004%'"
 is row("SELECT count(*) FROM dead_letters WHERE shop = '$A'"
        . " AND topic = 'orders/create'")->[0], 1,
     'redact: the other dead letter stays';
+is row("SELECT count(*) FROM bc_order_sync WHERE shopify_order_id = 6021450011004"
+       . " AND conflict_message IS NOT NULL")->[0], 0, 'redact: order sync text cleared';
+is row("SELECT count(*) FROM bc_order_sync WHERE shopify_order_id = 6021450011001"
+       . " AND conflict_message IS NOT NULL")->[0], 1,
+    'redact: the other order\'s sync text stays';
+is row("SELECT count(*) FROM bc_order_ledger_v1_duplicates WHERE shopify_order_id"
+       . " = 6021450011004 AND error_message IS NOT NULL")->[0], 0,
+    'redact: archived ledger text cleared';
 like audit($A, 'customers_redact')->[1], qr/"stream_entries": 1\b/,
     'redact: the audit row counts the entries, holds no e-mail';
 unlike audit($A, 'customers_redact')->[1], qr/example\.com/, 'redact: audit without personal data';
@@ -417,6 +438,15 @@ is row("SELECT count(*) FROM privacy_requests WHERE shop = '$A'")->[0], 0,
     'shop/redact: exports gone';
 is row("SELECT count(*) FROM dead_letters WHERE shop = '$A'")->[0], 0,
     'shop/redact: dead letters gone';
+is row("SELECT count(*) FROM bc_order_sync WHERE shopify_order_id IN"
+       . " (6021450011001, 6021450011004)")->[0], 0, 'shop/redact: order sync rows gone';
+is row("SELECT count(*) FROM bc_duplicate_checks WHERE shopify_order_id IN"
+       . " (6021450011001, 6021450011004)")->[0], 0,
+    'shop/redact: duplicate check records gone';
+is row("SELECT count(*) FROM bc_order_ledger_v1_duplicates WHERE shop = '$A'")->[0], 0,
+    'shop/redact: archived ledger rows gone';
+like audit($A, 'shop_redact')->[1], qr/"order_sync_rows": 2\b/,
+    'shop/redact: the audit row counts them';
 my @left = grep { /^\Q$A\E$/ } split /\n/, redis('XRANGE', $stream, '-', '+');
 is scalar @left, 1, 'shop/redact: only the redact entry itself is left in the stream';
 is shop_row($B)->[0], 'active', 'shop/redact: other shops untouched';

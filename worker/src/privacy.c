@@ -13,6 +13,11 @@
  *     orders, shop/redact deletes the shop's rows.
  *   PostgreSQL dead_letters (when that table exists): payloads; the
  *     customer's rows (or the shop's) are deleted.
+ *   PostgreSQL bc_order_sync, bc_duplicate_checks and
+ *     bc_order_ledger_v1_duplicates (when they exist): a conflict's
+ *     reason may quote BC's message, the archived ledger rows an error
+ *     message; customers/redact clears those texts for the customer's
+ *     orders, shop/redact deletes the rows of the shop's orders.
  *   privacy_requests: exports made for customers/data_request, cleared
  *     by a later customers/redact of that customer, deleted by
  *     shop/redact, and emptied after the retention period.
@@ -73,6 +78,9 @@ static const char  *sbw_dl_time_columns[] = {
 static const char  *sbw_ledger_payload_columns[] = {
     "payload", "body", NULL
 };
+static const char  *sbw_sync_columns[] = { "conflict_message", NULL };
+static const char  *sbw_dupcheck_columns[] = { "copies", NULL };
+static const char  *sbw_archive_columns[] = { "error_message", NULL };
 
 
 static int
@@ -819,7 +827,7 @@ sbw_privacy_customer_redact(PGconn *conn, redisContext *redis,
     int                     rc, has;
     char                   *ids, cid[32], col[64], sql[512];
     char                    floor[64];
-    long long               nledger, nstream, ndl, nexp, nkept;
+    long long               nledger, nstream, ndl, nexp, nkept, nsync;
     const char             *params[3];
     sbw_privacy_subject_t   who;
 
@@ -832,6 +840,7 @@ sbw_privacy_customer_redact(PGconn *conn, redisContext *redis,
     rc = SBW_PRIVACY_RETRY;
     nstream = 0;
     nkept = 0;
+    nsync = 0;
     ids = sbw_privacy_ids_array(&who);
     snprintf(cid, sizeof(cid), "%lld", who.customer_id);
 
@@ -873,6 +882,44 @@ sbw_privacy_customer_redact(PGconn *conn, redisContext *redis,
         }
     }
 
+    /* the ledger rows the version 2 migration archived */
+    has = sbw_privacy_column(conn, "bc_order_ledger_v1_duplicates",
+                             sbw_archive_columns, col, sizeof(col), err,
+                             errlen);
+
+    if (has < 0
+        || (has > 0
+            && sbw_shops_exec(conn,
+                   "UPDATE bc_order_ledger_v1_duplicates"
+                   " SET error_message = NULL WHERE shop = $1"
+                   "   AND shopify_order_id = ANY($2::bigint[])",
+                   2, params, 0, NULL, err, errlen) != 0))
+    {
+        goto done;
+    }
+
+    /* the order sync state: a conflict's reason may quote BC */
+    has = sbw_privacy_column(conn, "bc_order_sync", sbw_sync_columns, col,
+                             sizeof(col), err, errlen);
+
+    if (has < 0) {
+        goto done;
+    }
+
+    if (has > 0) {
+        nsync = sbw_privacy_affected(conn,
+            "WITH u AS (UPDATE bc_order_sync SET conflict_message = NULL"
+            " WHERE shopify_order_id = ANY($2::bigint[])"
+            "   AND conflict_message IS NOT NULL"
+            "   AND shopify_order_id IN (SELECT shopify_order_id"
+            "     FROM bc_order_ledger WHERE shop = $1) RETURNING 1)"
+            " SELECT count(*) FROM u", 2, params, err, errlen);
+
+        if (nsync < 0) {
+            goto done;
+        }
+    }
+
     /* 2. earlier exports for this customer */
     params[1] = cid;
 
@@ -908,11 +955,12 @@ sbw_privacy_customer_redact(PGconn *conn, redisContext *redis,
     }
 
     if (sbw_shops_audit(conn, shop, "customers_redact", e->webhook_id,
-                        json_pack("{s:I,s:i,s:I,s:I,s:I,s:I,s:I}",
+                        json_pack("{s:I,s:i,s:I,s:I,s:I,s:I,s:I,s:I}",
                                   "customer_id",
                                   (json_int_t) who.customer_id,
                                   "orders", (json_int_t) who.norders,
                                   "ledger_rows", (json_int_t) nledger,
+                                  "order_sync_rows", (json_int_t) nsync,
                                   "exports", (json_int_t) nexp,
                                   "dead_letters", (json_int_t) ndl,
                                   "stream_entries", (json_int_t) nstream,
@@ -952,8 +1000,10 @@ sbw_privacy_shop_redact(PGconn *conn, redisContext *redis,
     const sbw_config_t *conf, const char *shop, const sbw_entry_t *e,
     char *err, size_t errlen)
 {
-    char                    floor[64];
+    int                     has;
+    char                    floor[64], col[64];
     long long               nledger, nreq, nshop, ndl, nstream, nkept;
+    long long               nsync, ndup, narch;
     const char             *params[1];
     sbw_privacy_subject_t   who;
 
@@ -961,7 +1011,51 @@ sbw_privacy_shop_redact(PGconn *conn, redisContext *redis,
     who.whole_shop = 1;
     nstream = 0;
     nkept = 0;
+    nsync = 0;
+    ndup = 0;
+    narch = 0;
     params[0] = shop;
+
+    /*
+     * the rows kept by order id go first, while the ledger still says
+     * which orders are the shop's: a retry after a failure finds them
+     */
+
+    has = sbw_privacy_column(conn, "bc_order_sync", sbw_sync_columns, col,
+                             sizeof(col), err, errlen);
+    if (has > 0) {
+        nsync = sbw_privacy_affected(conn,
+            "WITH d AS (DELETE FROM bc_order_sync WHERE shopify_order_id IN"
+            " (SELECT shopify_order_id FROM bc_order_ledger WHERE shop = $1)"
+            " RETURNING 1) SELECT count(*) FROM d", 1, params, err, errlen);
+    }
+
+    has = (has < 0 || nsync < 0) ? -1
+          : sbw_privacy_column(conn, "bc_duplicate_checks",
+                               sbw_dupcheck_columns, col, sizeof(col), err,
+                               errlen);
+    if (has > 0) {
+        ndup = sbw_privacy_affected(conn,
+            "WITH d AS (DELETE FROM bc_duplicate_checks WHERE"
+            " shopify_order_id IN (SELECT shopify_order_id"
+            "   FROM bc_order_ledger WHERE shop = $1)"
+            " RETURNING 1) SELECT count(*) FROM d", 1, params, err, errlen);
+    }
+
+    has = (has < 0 || ndup < 0) ? -1
+          : sbw_privacy_column(conn, "bc_order_ledger_v1_duplicates",
+                               sbw_archive_columns, col, sizeof(col), err,
+                               errlen);
+    if (has > 0) {
+        narch = sbw_privacy_affected(conn,
+            "WITH d AS (DELETE FROM bc_order_ledger_v1_duplicates"
+            " WHERE shop = $1 RETURNING 1) SELECT count(*) FROM d",
+            1, params, err, errlen);
+    }
+
+    if (has < 0 || narch < 0) {
+        return SBW_PRIVACY_RETRY;
+    }
 
     nledger = sbw_privacy_affected(conn,
         "WITH d AS (DELETE FROM bc_order_ledger WHERE shop = $1"
@@ -995,8 +1089,11 @@ sbw_privacy_shop_redact(PGconn *conn, redisContext *redis,
     }
 
     if (sbw_shops_audit(conn, shop, "shop_redact", e->webhook_id,
-                        json_pack("{s:I,s:I,s:b,s:I,s:I,s:I}",
+                        json_pack("{s:I,s:I,s:I,s:I,s:I,s:b,s:I,s:I,s:I}",
                                   "ledger_rows", (json_int_t) nledger,
+                                  "archived_ledger_rows", (json_int_t) narch,
+                                  "order_sync_rows", (json_int_t) nsync,
+                                  "duplicate_checks", (json_int_t) ndup,
                                   "privacy_requests", (json_int_t) nreq,
                                   "shop_row", nshop > 0,
                                   "dead_letters", (json_int_t) ndl,
