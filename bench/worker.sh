@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The worker throughput benchmark (make bench-worker): shopify-bc-worker
+# against the BC sandbox with BC's latency and limits, in a throwaway
+# PostgreSQL cluster, a private Redis and a private sandbox on free
+# loopback ports.  See bench/README.md, "Worker throughput".
+#
+# Quick run:  BENCH_WORKER_WINDOWS=2 BENCH_WORKER_CONC_SECONDS=10 bench/worker.sh
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+for tool in redis-server psql python3; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "bench-worker: $tool is missing (make deps installs it)" >&2
+        exit 2
+    fi
+done
+
+if [ ! -x worker/build/shopify-bc-worker ]; then
+    echo "bench-worker: worker/build/shopify-bc-worker is missing" \
+         "(make worker builds it)" >&2
+    exit 2
+fi
+
+exec scripts/pg-throwaway.sh -- python3 bench/worker.py "$@"
