@@ -26,7 +26,8 @@ import urllib.request
 import uuid
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(TOP, "worker", "build", "shopify-bc-worker")
+WORKER = os.environ.get("BENCH_WORKER_BIN") or os.path.join(
+    TOP, "worker", "build", "shopify-bc-worker")
 SANDBOX = os.path.join(TOP, "sandbox", "sandbox.py")
 FIXTURES = os.path.join(TOP, "fixtures")
 STREAM = "shopify:webhooks"
@@ -676,6 +677,8 @@ def environment():
             "redis": out(["redis-server", "--version"]),
             "postgres": out(["psql", "--version"]),
             "git_commit": out(["git", "-C", TOP, "rev-parse", "HEAD"]),
+            "worker_bin": WORKER,
+            "worker_sha256": out(["sha256sum", WORKER]).split(" ")[0],
             "git_dirty": bool(out(["git", "-C", TOP, "status", "--porcelain",
                                    "--", "worker/src", "sandbox", "bench"])),
             "loadavg": open("/proc/loadavg").read().split()[:3]}

@@ -17,9 +17,9 @@ for tool in redis-server psql python3; do
     fi
 done
 
-if [ ! -x worker/build/shopify-bc-worker ]; then
-    echo "bench-worker: worker/build/shopify-bc-worker is missing" \
-         "(make worker builds it)" >&2
+worker=${BENCH_WORKER_BIN:-worker/build/shopify-bc-worker}
+if [ ! -x "$worker" ]; then
+    echo "bench-worker: $worker is missing (make worker builds it)" >&2
     exit 2
 fi
 
