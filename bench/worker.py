@@ -680,7 +680,8 @@ def environment():
             "worker_bin": WORKER,
             "worker_sha256": out(["sha256sum", WORKER]).split(" ")[0],
             "git_dirty": bool(out(["git", "-C", TOP, "status", "--porcelain",
-                                   "--", "worker/src", "sandbox", "bench"])),
+                                   "--untracked-files=no", "--", "worker/src",
+                                   "sandbox", "bench/worker.py"])),
             "loadavg": open("/proc/loadavg").read().split()[:3]}
 
 
@@ -752,12 +753,10 @@ def main():
         sys.exit(f"bench-worker: {WORKER} is missing (make worker builds it)")
     if "PGHOST" not in os.environ:
         sys.exit("bench-worker: run me through bench/worker.sh (it starts PostgreSQL)")
-    if s["pg_fsync"]:
-        # scripts/pg-throwaway.sh starts the cluster with fsync=off; a
-        # production ledger commits to disk
-        psql("ALTER SYSTEM SET fsync = on")
-        psql("SELECT pg_reload_conf()")
     pg_fsync = psql("SHOW fsync")[0][0]
+    if pg_fsync != ("on" if s["pg_fsync"] else "off"):
+        sys.exit(f"bench-worker: PostgreSQL runs with fsync={pg_fsync}, "
+                 f"BENCH_WORKER_PG_FSYNC={s['pg_fsync']} (start me with bench/worker.sh)")
     tmp = tempfile.mkdtemp(prefix="bench-worker.")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     results, problems = [], []

@@ -23,4 +23,11 @@ if [ ! -x "$worker" ]; then
     exit 2
 fi
 
+# the ledger commits as a production server does, unless told otherwise
+if [ "${BENCH_WORKER_PG_FSYNC:-1}" = 0 ]; then
+    export PG_THROWAWAY_FSYNC=off
+else
+    export PG_THROWAWAY_FSYNC=on
+fi
+
 exec scripts/pg-throwaway.sh -- python3 bench/worker.py "$@"
