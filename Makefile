@@ -4,6 +4,8 @@
 #   make test     install what is missing, then run every suite
 #   make valgrind the module's suites with nginx under valgrind's memcheck
 #                 (several minutes; see t/README.md)
+#   make bench    the intake bench, then the worker bench (bench/README.md)
+#   make bench-worker  the worker bench alone
 #   make demo     install what is missing, bring the stack up, deliver the
 #                 fixture orders and show the BC sales orders they became
 #   make up/down  start/stop the local stack in the background
@@ -21,7 +23,7 @@ VALGRIND_TESTS ?= t/010-webhook.t t/011-intake-features.t \
                   t/050-oauth.t t/051-oauth-install.t t/053-oauth-callback.t
 
 .PHONY: all module worker deps test unit demo up down clean lint bench \
-        valgrind
+        bench-worker bench-redis-floor valgrind
 
 all: module worker
 
@@ -54,9 +56,16 @@ demo: deps
 	$(MAKE) all
 	scripts/demo.sh
 
+# the intake bench, then the worker bench; both run even when the first
+# fails a bar (BENCH_STRICT=1), and the exit status reports either
 bench: deps
 	$(MAKE) all
-	bench/intake.sh
+	@status=0; bench/intake.sh || status=$$?; \
+	bench/worker.sh || status=$$?; exit $$status
+
+bench-worker: deps
+	$(MAKE) worker
+	bench/worker.sh
 
 bench-redis-floor: deps
 	python3 bench/redis-floor.py

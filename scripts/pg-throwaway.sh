@@ -7,6 +7,9 @@
 # pg_virtualenv names its cluster "regress" when run as root, so two
 # runs at once collide; this one has no name to share.
 #
+# The cluster runs with fsync=off (tests want speed, not durability);
+# PG_THROWAWAY_FSYNC=on gives it a production server's fsync.
+#
 #   scripts/pg-throwaway.sh -- prove -r t
 set -euo pipefail
 
@@ -19,6 +22,12 @@ if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
          "/usr/lib/postgresql (apt-get install postgresql)" >&2
     exit 1
 fi
+
+fsync=${PG_THROWAWAY_FSYNC:-off}
+case $fsync in
+    on|off) ;;
+    *) echo "pg-throwaway: PG_THROWAWAY_FSYNC is on or off" >&2; exit 2 ;;
+esac
 
 dir=$(mktemp -d /tmp/pg-throwaway.XXXXXX)
 chmod 755 "$dir"
@@ -53,7 +62,7 @@ trap stop EXIT
     || { cat "$dir/initdb.log" >&2; exit 1; }
 
 "${as_owner[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off" \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=$fsync" \
     start >/dev/null \
     || { cat "$dir/server.log" >&2; exit 1; }
 

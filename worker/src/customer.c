@@ -12,7 +12,7 @@
 
 
 static int sbw_email_candidate(const json_t *v, char *out, size_t outlen);
-static size_t sbw_customer_slot(const char *key);
+static size_t sbw_customer_set(const char *key);
 
 
 /*
@@ -158,12 +158,14 @@ sbw_customer_cache_init(sbw_customer_cache_t *c, double ttl)
 
 
 /*
- * The slot of a lower-case address (FNV-1a).  The cache is
- * direct-mapped: a newer address that hashes to a busy slot replaces the
- * older one, which only costs that address another look-up later.
+ * The set of a lower-case address: FNV-1a, then a final mix, since the
+ * set is the hash modulo a power of two and FNV-1a's low bits alone mix
+ * poorly.  A set has SBW_CUSTOMER_CACHE_WAYS slots; a newer address
+ * meeting a full set replaces its oldest answer, which only costs that
+ * address another look-up later.
  */
 static size_t
-sbw_customer_slot(const char *key)
+sbw_customer_set(const char *key)
 {
     uint64_t  h;
 
@@ -174,7 +176,13 @@ sbw_customer_slot(const char *key)
         h *= 1099511628211ULL;
     }
 
-    return (size_t) (h % SBW_CUSTOMER_CACHE_SLOTS);
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+
+    return (size_t) (h % SBW_CUSTOMER_CACHE_SETS);
 }
 
 
@@ -187,21 +195,26 @@ int
 sbw_customer_cache_get(sbw_customer_cache_t *c, const char *email,
     double now, char *number, size_t numlen)
 {
-    int                   hit;
+    int                   hit, i;
     char                  key[SBW_CUSTOMER_KEY_BUFLEN];
-    sbw_customer_slot_t  *s;
+    sbw_customer_slot_t  *set;
 
     if (sbw_ascii_lower(email, key, sizeof(key)) != 0 || key[0] == '\0') {
         return 0;
     }
 
+    hit = 0;
+
     pthread_mutex_lock(&c->mutex);
 
-    s = &c->slots[sbw_customer_slot(key)];
-    hit = strcmp(s->email, key) == 0 && now < s->expires;
+    set = &c->slots[sbw_customer_set(key) * SBW_CUSTOMER_CACHE_WAYS];
 
-    if (hit) {
-        snprintf(number, numlen, "%s", s->number);
+    for (i = 0; i < SBW_CUSTOMER_CACHE_WAYS; i++) {
+        if (strcmp(set[i].email, key) == 0 && now < set[i].expires) {
+            snprintf(number, numlen, "%s", set[i].number);
+            hit = 1;
+            break;
+        }
     }
 
     pthread_mutex_unlock(&c->mutex);
@@ -218,8 +231,9 @@ void
 sbw_customer_cache_put(sbw_customer_cache_t *c, const char *email,
     const char *number, double now)
 {
+    int                   i, pick;
     char                  key[SBW_CUSTOMER_KEY_BUFLEN];
-    sbw_customer_slot_t  *s;
+    sbw_customer_slot_t  *set;
 
     if (sbw_ascii_lower(email, key, sizeof(key)) != 0 || key[0] == '\0'
         || strlen(number) >= SBW_CUSTOMER_NO_BUFLEN)
@@ -229,10 +243,32 @@ sbw_customer_cache_put(sbw_customer_cache_t *c, const char *email,
 
     pthread_mutex_lock(&c->mutex);
 
-    s = &c->slots[sbw_customer_slot(key)];
-    snprintf(s->email, sizeof(s->email), "%s", key);
-    snprintf(s->number, sizeof(s->number), "%s", number);
-    s->expires = now + c->ttl;
+    set = &c->slots[sbw_customer_set(key) * SBW_CUSTOMER_CACHE_WAYS];
+
+    /* the address's own slot, else a free one, else the oldest answer */
+    pick = 0;
+
+    for (i = 0; i < SBW_CUSTOMER_CACHE_WAYS; i++) {
+        if (strcmp(set[i].email, key) == 0) {
+            pick = i;
+            break;
+        }
+
+        if (set[i].email[0] == '\0') {
+            if (set[pick].email[0] != '\0') {
+                pick = i;
+            }
+
+        } else if (set[pick].email[0] != '\0'
+                   && set[i].expires < set[pick].expires)
+        {
+            pick = i;
+        }
+    }
+
+    snprintf(set[pick].email, sizeof(set[pick].email), "%s", key);
+    snprintf(set[pick].number, sizeof(set[pick].number), "%s", number);
+    set[pick].expires = now + c->ttl;
 
     pthread_mutex_unlock(&c->mutex);
 }

@@ -28,6 +28,13 @@
 /* how long a look-up's answer (found or not) is reused */
 #define SBW_CUSTOMER_CACHE_TTL  600.0    /* seconds */
 #define SBW_CUSTOMER_CACHE_SLOTS  1024
+/*
+ * set-associative: an address can live in any of the WAYS slots of its
+ * set, so a few addresses that hash alike do not evict each other
+ */
+#define SBW_CUSTOMER_CACHE_WAYS   4
+#define SBW_CUSTOMER_CACHE_SETS                                          \
+    (SBW_CUSTOMER_CACHE_SLOTS / SBW_CUSTOMER_CACHE_WAYS)
 
 
 typedef struct {
