@@ -239,6 +239,40 @@ sub order_log {
     sandbox_call('DELETE', '/_sandbox/faults');
 }
 
+# --- worker SIGKILLed while its order waits for BC's budget -------------
+# The window allows one request: the customer look-up takes it and the
+# POST waits in the limiter.  Nothing was sent, so the order must not be
+# in doubt (an attempt in doubt costs a look-up and the in-doubt wait).
+{
+    stop_worker($worker, 'TERM');
+    my $tight = start_worker(%wopt, name => 'worker-budget',
+                             env => { BC365_RATE_LIMIT_REQUESTS => 1,
+                                      BC365_RATE_LIMIT_WINDOW_MS => 600000 });
+    my ($id, $body) = order_body();
+    my $since = sandbox_call('GET', '/_sandbox/requests')->{last};
+    is deliver($nginx, $body, 'X-Shopify-Webhook-Id' => webhook($id)), 200,
+        'delivered';
+    wait_until('the look-up has used the budget', 30, sub {
+        grep { $_->{path} =~ /customers$/ }
+            @{ sandbox_call('GET', "/_sandbox/requests?since=$since")->{value} };
+    });
+    sleep 1.5;
+    stop_worker($tight, 'KILL');
+    my $row = ledger($id);
+    ok $row, 'the order is in the ledger';
+    is $row->[2], 0, 'waiting for the budget: no attempt recorded';
+    isnt $row->[0], 'attempting', 'waiting for the budget: not in doubt';
+    is bc_copies("SHOPIFY-$id"), 0, 'BC has no such order';
+    # the same consumer again, with BC's budget: it reads its pending entry
+    $tight = start_worker(%wopt, name => 'worker-budget');
+    $row = settled($id);
+    is $row->[0], 'created', 'after the restart: created';
+    is $row->[2], 1, 'after the restart: one attempt';
+    is bc_copies($row->[3]), 1, 'after the restart: one BC order';
+    stop_worker($tight, 'TERM');
+    $worker = start_worker(%wopt);
+}
+
 # --- BC answers 429, then 201 -------------------------------------------
 {
     my ($id, $body) = order_body();

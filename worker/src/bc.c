@@ -85,7 +85,7 @@ static int sbw_bc_perform(CURL *curl, const sbw_config_t *conf,
 static void sbw_bc_parse_error(sbw_bc_result_t *res);
 static int sbw_bc_token(sbw_bc_t *bc, long stale_gen, char **token,
     long *gen, sbw_bc_result_t *res);
-static int sbw_bc_limit_acquire(sbw_bc_shared_t *sh);
+static int sbw_bc_limit_wait(sbw_bc_shared_t *sh, int take);
 static void sbw_bc_limit_release(sbw_bc_shared_t *sh,
     const sbw_bc_result_t *res);
 static void sbw_bc_count(const char *op, const sbw_bc_result_t *res);
@@ -776,10 +776,12 @@ sbw_bc_token(sbw_bc_t *bc, long stale_gen, char **token, long *gen,
  * Wait for the right to send one request: a free slot among
  * BC365_MAX_CONCURRENT, room in the sliding window of
  * BC365_RATE_LIMIT_REQUESTS per BC365_RATE_LIMIT_WINDOW_MS, and the end
- * of any Retry-After pause.  Returns -1 if the daemon is stopping.
+ * of any Retry-After pause.  With take 0 only the wait: the right is
+ * left for the request that follows.  Returns -1 if the daemon is
+ * stopping.
  */
 static int
-sbw_bc_limit_acquire(sbw_bc_shared_t *sh)
+sbw_bc_limit_wait(sbw_bc_shared_t *sh, int take)
 {
     int               idx;
     double            now, until, window;
@@ -820,6 +822,11 @@ sbw_bc_limit_acquire(sbw_bc_shared_t *sh)
         ts.tv_sec = (time_t) until;
         ts.tv_nsec = (long) ((until - (double) ts.tv_sec) * 1e9);
         pthread_cond_timedwait(&sh->cond, &sh->mutex, &ts);
+    }
+
+    if (!take) {
+        pthread_mutex_unlock(&sh->mutex);
+        return 0;
     }
 
     sh->active++;
@@ -958,7 +965,7 @@ sbw_bc_call_match(sbw_bc_t *bc, const char *op, const char *method,
         memset(auth, 0, strlen(auth));
         free(auth);
 
-        if (sbw_bc_limit_acquire(bc->shared) != 0) {
+        if (sbw_bc_limit_wait(bc->shared, 1) != 0) {
             curl_slist_free_all(hdrs);
             res->curl_code = CURLE_ABORTED_BY_CALLBACK;
             snprintf(res->error_code, sizeof(res->error_code),
@@ -984,6 +991,22 @@ sbw_bc_call_match(sbw_bc_t *bc, const char *op, const char *method,
 
         stale = gen;
     }
+}
+
+
+/*
+ * Wait until the limiter would let a request go now, taking nothing: the
+ * worker waits here before it records an attempt, so that an attempt
+ * stays in doubt for the length of a request, not of a limiter wait.
+ */
+int
+sbw_bc_wait_budget(sbw_bc_t *bc)
+{
+    if (bc->shared == NULL) {
+        return 0;
+    }
+
+    return sbw_bc_limit_wait(bc->shared, 0);
 }
 
 

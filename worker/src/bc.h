@@ -60,6 +60,7 @@ void sbw_bc_shared_free(sbw_bc_shared_t *sh);
 int sbw_bc_init(sbw_bc_t *bc, sbw_bc_shared_t *sh, const sbw_config_t *conf);
 void sbw_bc_cleanup(sbw_bc_t *bc);
 void sbw_bc_result_clear(sbw_bc_result_t *r);
+int sbw_bc_wait_budget(sbw_bc_t *bc);
 sbw_bc_class_e sbw_bc_classify(const sbw_bc_result_t *r);
 void sbw_bc_describe(const sbw_bc_result_t *r, char *code, size_t codelen,
     char *msg, size_t msglen);

@@ -1087,7 +1087,17 @@ sbw_worker_order_locked(sbw_worker_t *w, const sbw_entry_t *e,
 
     sbw_bc_result_clear(&res);
 
-    /* 6. commit "attempt started", then POST */
+    /*
+     * 6. commit "attempt started", then POST; the limiter's wait comes
+     * first, so that an attempt left by a crash was a request on its way
+     * and not an order still waiting for BC's budget
+     */
+    if (sbw_bc_wait_budget(&w->bc) != 0) {
+        sbw_ledger_unlock(&w->ledger, oc->order_id);
+        *delay_ms = 0;
+        return SBW_RETRY;
+    }
+
     if (sbw_ledger_start_attempt(&w->ledger, oc->order_id, w->owner, &tries)
         != 0)
     {
