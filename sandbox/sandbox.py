@@ -514,7 +514,7 @@ def coerce(name, kind, maxlen, value):
             raise ApiError(400, "BadRequest", "Cannot convert a primitive value to the expected type 'Edm.%s'. "
                            "See the inner exception for more details." % EDM[kind])
         if kind == "int":
-            if d != d.to_integral_value():
+            if d != d.to_integral_value() or not -2 ** 31 <= d < 2 ** 31:
                 raise ApiError(400, "BadRequest", "Cannot convert a primitive value to the expected type 'Edm.Int32'.")
             return int(d)
         return d
