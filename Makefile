@@ -5,7 +5,7 @@
 #   make valgrind the module's suites with nginx under valgrind's memcheck
 #                 (several minutes; see t/README.md)
 #   make soak     the chaos test's long version: 20 seeded runs of
-#                 t/160-chaos.t (CHAOS_RUNS, SEED; about 10 minutes)
+#                 t/160-chaos.t (CHAOS_RUNS, SEED; about 8 minutes)
 #   make demo     install what is missing, bring the stack up, deliver the
 #                 fixture orders and show the BC sales orders they became
 #   make up/down  start/stop the local stack in the background
