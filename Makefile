@@ -6,6 +6,8 @@
 #                 (several minutes; see t/README.md)
 #   make bench    the intake bench, then the worker bench (bench/README.md)
 #   make bench-worker  the worker bench alone
+#   make soak     the chaos test's long version: 20 seeded runs of
+#                 t/160-chaos.t (CHAOS_RUNS, SEED; about 8 minutes)
 #   make demo     install what is missing, bring the stack up, deliver the
 #                 fixture orders and show the BC sales orders they became
 #   make up/down  start/stop the local stack in the background
@@ -23,7 +25,7 @@ VALGRIND_TESTS ?= t/010-webhook.t t/011-intake-features.t \
                   t/050-oauth.t t/051-oauth-install.t t/053-oauth-callback.t
 
 .PHONY: all module worker deps test unit demo up down clean lint bench \
-        bench-worker bench-redis-floor valgrind
+        bench-worker bench-redis-floor valgrind soak
 
 all: module worker
 
@@ -51,6 +53,13 @@ test: deps
 valgrind: deps
 	$(MAKE) all
 	TEST_NGINX_USE_VALGRIND=1 scripts/test.sh $(VALGRIND_TESTS)
+
+# `make test` runs t/160-chaos.t with 2 runs; this runs it with 20 (or
+# CHAOS_RUNS), from SEED when given
+CHAOS_RUNS ?= 20
+soak: deps
+	$(MAKE) all
+	CHAOS_RUNS=$(CHAOS_RUNS) scripts/test.sh t/160-chaos.t
 
 demo: deps
 	$(MAKE) all

@@ -20,6 +20,7 @@ import http.server
 import json
 import math
 import os
+import random
 import re
 import secrets
 import signal
@@ -513,7 +514,7 @@ def coerce(name, kind, maxlen, value):
             raise ApiError(400, "BadRequest", "Cannot convert a primitive value to the expected type 'Edm.%s'. "
                            "See the inner exception for more details." % EDM[kind])
         if kind == "int":
-            if d != d.to_integral_value():
+            if d != d.to_integral_value() or not -2 ** 31 <= d < 2 ** 31:
                 raise ApiError(400, "BadRequest", "Cannot convert a primitive value to the expected type 'Edm.Int32'.")
             return int(d)
         return d
@@ -1244,7 +1245,7 @@ FAULT_BODIES = {
                                   "(gateway timeout)."),
 }
 FAULT_KEYS = {"method", "path_regex", "times", "latency_ms", "status", "retry_after", "action", "hold_ms",
-              "code", "message"}
+              "code", "message", "probability", "seed"}
 FAULT_ACTIONS = {"commit_then_fail", "commit_then_hold", "commit_then_drop", "drop"}
 
 
@@ -1267,6 +1268,19 @@ class FaultRule:
         self.hold_ms = d.get("hold_ms", 0)
         self.retry_after = d.get("retry_after")
         self.applied = 0
+        # a rule that hits only some of the requests it matches, drawn from
+        # its own generator (seeded: the same requests in the same order get
+        # the same faults); a request it spares goes on to the next rule
+        self.probability = d.get("probability")
+        if self.probability is not None:
+            p = self.probability
+            if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 < p <= 1:
+                raise ValueError("probability must be a number in (0, 1]")
+        seed = d.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ValueError("seed must be an integer")
+        self.rng = random.Random(seed)
+        self.spared = 0
         if self.action is not None:
             if self.action not in FAULT_ACTIONS:
                 raise ValueError("unknown action %r" % self.action)
@@ -1293,11 +1307,16 @@ class FaultRule:
             return False
         if self.regex and not self.regex.search(target):
             return False
+        if self.probability is not None and self.rng.random() >= self.probability:
+            self.spared += 1
+            return False
         return True
 
     def view(self):
         d = dict(self.spec)
         d["applied"] = self.applied
+        if self.probability is not None:
+            d["spared"] = self.spared
         if self.times is not None:
             d["remaining"] = self.times - self.applied
         return d
@@ -1399,6 +1418,7 @@ class Sandbox:
         self.base_cfg = {
             "token_ttl": args.token_ttl, "latency_ms": args.latency_ms, "max_concurrent": args.max_concurrent,
             "max_queue": args.max_queue, "rate_limit": args.rate_limit, "rate_window_s": args.rate_window_s,
+            "max_execution_ms": args.max_execution_ms,
         }
         self.cfg = dict(self.base_cfg)
         self.lock = threading.RLock()
@@ -2085,7 +2105,7 @@ class Sandbox:
                 for k, val in data.items():
                     if not isinstance(val, (int, float)) or isinstance(val, bool) or val < 0:
                         raise ApiError(400, "BadRequest", "%s must be a non-negative number" % k)
-                    if k in ("max_concurrent", "rate_limit", "rate_window_s") and val <= 0:
+                    if k in ("max_concurrent", "rate_limit", "rate_window_s", "max_execution_ms") and val <= 0:
                         raise ApiError(400, "BadRequest", "%s must be greater than 0" % k)
                 with self.limiter.cond:
                     self.cfg.update(data)
@@ -2300,6 +2320,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         status = 0
         self._principal = self._fault = None
         self._call = None
+        self._t0 = t0
         shop = shopify.shop_from_host(self.headers.get("Host"))
         if shop is None and not path.startswith("/_sandbox/"):
             self._call = (app, t0, method, path, query, params)
@@ -2387,6 +2408,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             delay = app.cfg["latency_ms"] + (rule.latency_ms if rule is not None and rule.kind == "latency" else 0)
             if delay:
                 time.sleep(delay / 1000.0)
+            # BC cancels a request that has not finished within its execution
+            # limit (10 minutes), queueing included: 504, nothing done
+            if (time.monotonic() - self._t0) * 1000.0 > app.cfg["max_execution_ms"]:
+                raise ApiError(504, "Internal_ServerError", FAULT_BODIES[504][1])
             data = None
             if method in ("POST", "PATCH", "PUT") and body.strip():
                 try:
@@ -2638,6 +2663,8 @@ def main(argv=None):
     s.add_argument("--max-queue", type=int, default=95, help="requests waiting per principal before 429")
     s.add_argument("--rate-limit", type=int, default=6000, help="requests per window per principal")
     s.add_argument("--rate-window-s", type=float, default=300, help="sliding window length in seconds")
+    s.add_argument("--max-execution-ms", type=float, default=600000,
+                   help="a BC call not done this long after it arrived is cancelled with 504 (BC: 10 minutes)")
     s.add_argument("--quiet", action="store_true", help="no per-request line on stderr")
     s.add_argument("--https-port", type=int, help="also serve HTTPS here (same endpoints; needs --tls-cert/-key)")
     s.add_argument("--tls-cert", help="PEM certificate (chain) for --https-port")

@@ -72,6 +72,13 @@ trap stop EXIT
          "-w -m fast restart >/dev/null"
 } > "$dir/restart"
 chmod 755 "$dir/restart"
+# the same as a crash: no shutdown checkpoint, recovery at start
+{
+    echo '#!/bin/sh'
+    echo "exec ${as_owner[*]} $bindir/pg_ctl -D $dir/data -l $dir/server.log" \
+         "-w -m immediate restart >/dev/null"
+} > "$dir/crash-restart"
+chmod 755 "$dir/crash-restart"
 
 export PG_THROWAWAY_DIR=$dir
 export PGHOST=127.0.0.1 PGPORT=$port PGUSER=$owner PGPASSWORD=$password

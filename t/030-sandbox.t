@@ -608,6 +608,68 @@ subtest 'commit_then_hold answers 201 only after the hold' => sub {
     control('DELETE', 'faults');
 };
 
+subtest 'probability: a seeded share of the matching requests' => sub {
+    my $rule = {path_regex => 'companies$', status => 503, probability => 0.3, seed => 42};
+    my @runs;
+    for my $round (1 .. 2) {
+        control('POST', 'faults', [$rule]);
+        push @runs, join '', map { (bc('GET', 'companies'))[0] == 503 ? 'x' : '.' } 1 .. 100;
+        my (undef, $f) = control('GET', 'faults');
+        my $hit = () = $runs[-1] =~ /x/g;
+        is($f->{value}[0]{applied}, $hit, "round $round: applied counts the hits");
+        is($f->{value}[0]{spared}, 100 - $hit, "round $round: spared counts the others");
+    }
+    my $hit = () = $runs[0] =~ /x/g;
+    ok($hit > 10 && $hit < 60, "about 30 % hit ($hit of 100)");
+    is($runs[1], $runs[0], 'the same seed hits the same requests');
+    my ($st) = bc('GET', "$SO?\$top=1");
+    is($st, 200, 'a request the regex does not match is not drawn for');
+
+    # a request the first rule spares goes on to the next one
+    control('POST', 'faults', [{path_regex => 'companies$', status => 500, probability => 0.5, seed => 7},
+                               {path_regex => 'companies$', status => 503}]);
+    my %st;
+    $st{ (bc('GET', 'companies'))[0] }++ for 1 .. 40;
+    ok($st{500} && $st{503} && $st{500} + $st{503} == 40,
+       "every request hit by one of the two rules (500: " . ($st{500} // 0) . ", 503: " . ($st{503} // 0) . ')');
+    my ($cs, $j) = control('POST', 'faults', [{status => 500, probability => 1.5}]);
+    is($cs, 400, 'a probability above 1 is refused');
+    ($cs) = control('POST', 'faults', [{status => 500, probability => 0.5, seed => 'x'}]);
+    is($cs, 400, 'a seed that is not an integer is refused');
+    control('DELETE', 'faults');
+};
+
+subtest 'a POST whose client gave up is still carried out, within the execution limit' => sub {
+    my $impatient = HTTP::Tiny->new(timeout => 0.3, keep_alive => 0, %NOPROXY);
+    control('POST', 'faults', [{method => 'POST', path_regex => 'salesOrders$', latency_ms => 800, times => 1}]);
+    my $r = $impatient->request('POST', "$API/$SO", {
+        headers => {Authorization => "Bearer $TOKEN", 'Content-Type' => 'application/json'},
+        content => $JSON->encode(basic_order(externalDocumentNumber => 'LATE-1'))});
+    is($r->{status}, 599, 'the client timed out');
+    my $found = 0;
+    for (1 .. 50) {
+        my (undef, $j) = bc('GET', $SO, query => {'$filter' => "externalDocumentNumber eq 'LATE-1'"});
+        $found = scalar @{ $j->{value} };
+        last if $found;
+        sleep 0.1;
+    }
+    is($found, 1, 'the order was created after the client had gone');
+
+    my ($cs, $cfg) = control('POST', 'config', {max_execution_ms => 300});
+    is($cfg->{max_execution_ms}, 300, 'max_execution_ms set');
+    control('POST', 'faults', [{method => 'POST', path_regex => 'salesOrders$', latency_ms => 600, times => 1}]);
+    my ($st, $j) = bc('POST', $SO, body => basic_order(externalDocumentNumber => 'LATE-2'));
+    bc_error_ok($st, $j, 504, 'Internal_ServerError', qr/maximum execution time/, 'over the limit: 504');
+    (undef, $j) = bc('GET', $SO, query => {'$filter' => "externalDocumentNumber eq 'LATE-2'"});
+    is(scalar @{ $j->{value} }, 0, 'and nothing created');
+    ($st) = bc('POST', $SO, body => basic_order(externalDocumentNumber => 'LATE-3'));
+    is($st, 201, 'within the limit: created');
+    ($cs) = control('POST', 'config', {max_execution_ms => 0});
+    is($cs, 400, 'max_execution_ms 0 is refused');
+    control('POST', 'config', {max_execution_ms => 600000});
+    control('DELETE', 'faults');
+};
+
 # ---------------------------------------------------------------- request log
 subtest 'request log' => sub {
     control('DELETE', 'requests');

@@ -1074,6 +1074,12 @@ sbw_buf_line(sbw_buf_t *b, const sbw_bc_line_t *l, int amounts_only)
 
     sbw_buf_str(b, "{");
 
+    if (!amounts_only && l->sequence > 0) {
+        snprintf(num, sizeof(num), "\"sequence\":%lld,",
+                 (long long) l->sequence);
+        sbw_buf_str(b, num);
+    }
+
     if (!amounts_only) {
         switch (l->type) {
 

@@ -66,6 +66,8 @@ typedef struct {
     int64_t           discount;       /* cents */
     int64_t           amount;         /* quantity x price - discount */
     const char       *tax_code;       /* taxCode to send, NULL: BC's */
+    int64_t           sequence;       /* sequence (Line No.) to ask for,
+                                         0: BC numbers the line */
 } sbw_bc_line_t;
 
 

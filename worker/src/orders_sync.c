@@ -834,6 +834,7 @@ sbw_sync_reconcile(sbw_sync_t *s, int64_t order_id, const char *bc_id,
         line.description = (char *) SBW_VARIANCE_DESCRIPTION;
         line.quantity = 1;
         line.unit_price = diff;
+        line.sequence = SBW_VARIANCE_SEQUENCE;
         line.tax_code = (s->conf->nontaxable_code != NULL
                          && strcmp(s->conf->nontaxable_code, "none") != 0)
                         ? s->conf->nontaxable_code : NULL;
@@ -851,6 +852,15 @@ sbw_sync_reconcile(sbw_sync_t *s, int64_t order_id, const char *bc_id,
         cls = sbw_bc_request(s->bc, "order_line", "POST", path, body, NULL,
                              &r->res);
         free(body);
+
+        if (cls == SBW_BC_PERMANENT && r->res.status == 409
+            && strcmp(r->res.error_code, "Internal_EntityWithSameKeyExists")
+               == 0)
+        {
+            /* an earlier try's line got there after all: read again */
+            sbw_bc_result_clear(&r->res);
+            continue;
+        }
 
         if (cls == SBW_BC_PERMANENT) {
             sbw_bc_describe(&r->res, r->code, sizeof(r->code), path,

@@ -20,6 +20,15 @@
 /* description of the line that carries a rounding variance */
 #define SBW_VARIANCE_DESCRIPTION  "Shopify rounding variance"
 
+/*
+ * Its sequence (BC's Line No., the line's key in the order), the same on
+ * every try: a POST of it that BC carries out after the worker gave up on
+ * it, while a later try adds it again, is refused by BC as a line that
+ * exists (409), so an order never gets two.  Far above the numbers BC
+ * gives (10000 per line).
+ */
+#define SBW_VARIANCE_SEQUENCE  1000000000
+
 /* BC365_TAX_TOLERANCE=auto: at least this many cents */
 #define SBW_TOLERANCE_MIN_CENTS  5
 

@@ -573,6 +573,19 @@ test_line_payloads(void **state)
                         "\"discountAmount\":0.00}");
     free(p);
 
+    /* a line asked for under its own sequence (the variance line) */
+    o.lines[3].sequence = SBW_VARIANCE_SEQUENCE;
+    p = sbw_order_line_payload(&o.lines[3], 0);
+    assert_string_equal(p, "{\"sequence\":1000000000,\"lineType\":"
+                        "\"Account\",\"lineObjectNumber\":\"40400\","
+                        "\"description\":\"Standard Shipping\","
+                        "\"quantity\":1,\"unitPrice\":49.00,"
+                        "\"discountAmount\":0.00,\"taxCode\":\"NONTAXABLE\"}");
+    free(p);
+    p = sbw_order_line_payload(&o.lines[3], 1);
+    assert_null(strstr(p, "sequence"));
+    free(p);
+
     sbw_order_free(&o);
 }
 
