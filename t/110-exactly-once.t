@@ -9,6 +9,7 @@ use warnings;
 use lib 't/lib';
 
 use Test::More;
+use HTTP::Tiny;
 use Time::HiRes qw(sleep);
 use ShopifyBC::Test;
 
@@ -245,7 +246,9 @@ sub order_log {
 # in doubt (an attempt in doubt costs a look-up and the in-doubt wait).
 {
     stop_worker($worker, 'TERM');
+    my $mport = free_port();
     my $tight = start_worker(%wopt, name => 'worker-budget',
+                             metrics_port => $mport,
                              env => { BC365_RATE_LIMIT_REQUESTS => 1,
                                       BC365_RATE_LIMIT_WINDOW_MS => 600000 });
     my ($id, $body) = order_body();
@@ -257,6 +260,17 @@ sub order_log {
             @{ sandbox_call('GET', "/_sandbox/requests?since=$since")->{value} };
     });
     sleep 1.5;
+    # the wait shows in the metrics: the limiter holds one request for the
+    # rate, and the group has the entry pending (refreshed every 5 s)
+    my $m = wait_until('the metrics show the wait', 15, sub {
+        my $t = HTTP::Tiny->new(timeout => 5)
+            ->get("http://127.0.0.1:$mport/metrics")->{content} // '';
+        $t =~ /^worker_stream_pending [1-9]/m ? $t : undef;
+    });
+    like $m, qr/^bc_limiter_waiting 1$/m, 'metrics: one request waiting';
+    like $m, qr/^bc_limiter_waits_total\{reason="rate"\} 1$/m,
+        'metrics: held by the rate window';
+    like $m, qr/^worker_stream_lag 0$/m, 'metrics: nothing left undelivered';
     stop_worker($tight, 'KILL');
     my $row = ledger($id);
     ok $row, 'the order is in the ledger';

@@ -784,16 +784,24 @@ static int
 sbw_bc_limit_wait(sbw_bc_shared_t *sh, int take)
 {
     int               idx;
-    double            now, until, window;
+    double            now, until, window, start;
+    const char       *held;
     struct timespec   ts;
 
     window = (double) sh->conf->rate_window_ms / 1000.0;
+    held = NULL;
+    start = sbw_now();
 
     pthread_mutex_lock(&sh->mutex);
 
     for ( ;; ) {
         if (*sh->stop) {
             pthread_mutex_unlock(&sh->mutex);
+
+            if (held != NULL) {
+                sbw_metrics_limiter_waited(sbw_now() - start);
+            }
+
             return -1;
         }
 
@@ -805,14 +813,28 @@ sbw_bc_limit_wait(sbw_bc_shared_t *sh, int take)
                 until = sh->pause_until;
             }
 
+            if (held == NULL) {
+                held = "retry_after";
+                sbw_metrics_limiter_wait(held);
+            }
+
         } else if (sh->active >= sh->conf->bc_max_concurrent) {
             /* wait for a release (or 100 ms) */
+            if (held == NULL) {
+                held = "concurrency";
+                sbw_metrics_limiter_wait(held);
+            }
 
         } else if (sh->ring_len > 0 && sh->ring_count == sh->ring_len
                    && sh->ring[sh->ring_head] > now - window)
         {
             if (sh->ring[sh->ring_head] + window < until) {
                 until = sh->ring[sh->ring_head] + window;
+            }
+
+            if (held == NULL) {
+                held = "rate";
+                sbw_metrics_limiter_wait(held);
             }
 
         } else {
@@ -826,6 +848,11 @@ sbw_bc_limit_wait(sbw_bc_shared_t *sh, int take)
 
     if (!take) {
         pthread_mutex_unlock(&sh->mutex);
+
+        if (held != NULL) {
+            sbw_metrics_limiter_waited(now - start);
+        }
+
         return 0;
     }
 
@@ -844,6 +871,11 @@ sbw_bc_limit_wait(sbw_bc_shared_t *sh, int take)
     }
 
     pthread_mutex_unlock(&sh->mutex);
+
+    if (held != NULL) {
+        sbw_metrics_limiter_waited(now - start);
+    }
+
     return 0;
 }
 

@@ -55,6 +55,11 @@ static struct {
     sbw_pairs_t          duplicates;     /* action */
     int                  dl_known;       /* dl_open has been read */
     sbw_pairs_t          sync;           /* event (orders_sync.c) */
+    sbw_pairs_t          limiter_waits;  /* reason */
+    double               limiter_wait_s;
+    long                 limiter_waiting;
+    long long            stream_lag;     /* -1: unknown */
+    long long            stream_pending; /* -1: not read yet */
     unsigned long long   pushed;
     unsigned long long   deduped;
     unsigned long long   recovered;
@@ -70,7 +75,9 @@ static struct {
     time_t               started;
     struct MHD_Daemon   *daemon;
 } sbw_m = {
-    .mutex = PTHREAD_MUTEX_INITIALIZER
+    .mutex = PTHREAD_MUTEX_INITIALIZER,
+    .stream_lag = -1,
+    .stream_pending = -1
 };
 
 
@@ -247,6 +254,39 @@ sbw_metrics_retry_queue_add(int delta)
 {
     pthread_mutex_lock(&sbw_m.mutex);
     sbw_m.retry_queue += delta;
+    pthread_mutex_unlock(&sbw_m.mutex);
+}
+
+
+/* a BC request starts waiting for the limiter, held first by reason */
+void
+sbw_metrics_limiter_wait(const char *reason)
+{
+    pthread_mutex_lock(&sbw_m.mutex);
+    sbw_pairs_inc(&sbw_m.limiter_waits, reason, "", 1);
+    sbw_m.limiter_waiting++;
+    pthread_mutex_unlock(&sbw_m.mutex);
+}
+
+
+/* ... and stops waiting after that long */
+void
+sbw_metrics_limiter_waited(double seconds)
+{
+    pthread_mutex_lock(&sbw_m.mutex);
+    sbw_m.limiter_waiting--;
+    sbw_m.limiter_wait_s += seconds;
+    pthread_mutex_unlock(&sbw_m.mutex);
+}
+
+
+/* the consumer group's lag and pending count, -1 when Redis cannot tell */
+void
+sbw_metrics_stream_group(long long lag, long long pending)
+{
+    pthread_mutex_lock(&sbw_m.mutex);
+    sbw_m.stream_lag = lag;
+    sbw_m.stream_pending = pending;
     pthread_mutex_unlock(&sbw_m.mutex);
 }
 
@@ -464,6 +504,37 @@ sbw_metrics_render(void)
           "try.\n"
           "# TYPE worker_retry_queue gauge\n", f);
     fprintf(f, "worker_retry_queue %ld\n", sbw_m.retry_queue);
+
+    fputs("# HELP bc_limiter_waits_total BC requests that waited for the "
+          "client-side limiter, by what held them first.\n"
+          "# TYPE bc_limiter_waits_total counter\n", f);
+    sbw_render_pairs(f, &sbw_m.limiter_waits, "bc_limiter_waits_total",
+                     "reason", NULL);
+
+    fputs("# HELP bc_limiter_wait_seconds_total Time BC requests spent "
+          "waiting for the limiter.\n"
+          "# TYPE bc_limiter_wait_seconds_total counter\n", f);
+    fprintf(f, "bc_limiter_wait_seconds_total %.3f\n",
+            sbw_m.limiter_wait_s);
+
+    fputs("# HELP bc_limiter_waiting BC requests waiting for the limiter "
+          "now.\n"
+          "# TYPE bc_limiter_waiting gauge\n", f);
+    fprintf(f, "bc_limiter_waiting %ld\n", sbw_m.limiter_waiting);
+
+    if (sbw_m.stream_pending >= 0) {
+        fputs("# HELP worker_stream_pending Entries delivered to the "
+              "consumer group and not acknowledged yet.\n"
+              "# TYPE worker_stream_pending gauge\n", f);
+        fprintf(f, "worker_stream_pending %lld\n", sbw_m.stream_pending);
+    }
+
+    if (sbw_m.stream_lag >= 0) {
+        fputs("# HELP worker_stream_lag Entries in the stream not yet "
+              "delivered to the consumer group (Redis's lag).\n"
+              "# TYPE worker_stream_lag gauge\n", f);
+        fprintf(f, "worker_stream_lag %lld\n", sbw_m.stream_lag);
+    }
 
     fputs("# HELP bc_dead_letters Open dead letters in PostgreSQL, by "
           "reason (refreshed every 15 s by thread 0).\n"

@@ -839,6 +839,59 @@ sbw_stream_floor(sbw_stream_t *s, char *minid, size_t minid_len)
 
 
 /*
+ * Our consumer group's lag (entries not yet delivered to it; -1 when
+ * Redis cannot tell, e.g. after entries were deleted) and its pending
+ * count, from XINFO GROUPS.
+ */
+int
+sbw_stream_group_stats(sbw_stream_t *s, long long *lag, long long *pending)
+{
+    int                rc;
+    size_t             i;
+    redisReply        *groups;
+    const redisReply  *g, *name, *v;
+
+    *lag = -1;
+    *pending = -1;
+
+    groups = redisCommand(s->ctx, "XINFO GROUPS %s", s->conf->stream_key);
+
+    rc = sbw_stream_check(s, groups);
+    if (rc != SBW_STREAM_OK) {
+        return rc;
+    }
+
+    for (i = 0; groups->type == REDIS_REPLY_ARRAY && i < groups->elements;
+         i++)
+    {
+        g = groups->element[i];
+        name = sbw_map_get(g, "name");
+
+        if (name == NULL || name->type != REDIS_REPLY_STRING
+            || strcmp(name->str, s->conf->group) != 0)
+        {
+            continue;
+        }
+
+        v = sbw_map_get(g, "pending");
+        if (v != NULL && v->type == REDIS_REPLY_INTEGER) {
+            *pending = v->integer;
+        }
+
+        /* Redis 7.0 and later; nil when the lag cannot be computed */
+        v = sbw_map_get(g, "lag");
+        if (v != NULL && v->type == REDIS_REPLY_INTEGER) {
+            *lag = v->integer;
+        }
+    }
+
+    freeReplyObject(groups);
+
+    return SBW_STREAM_OK;
+}
+
+
+/*
  * Order of two entry ids ("ms-seq" or "ms"): <0, 0, >0.  An id that does
  * not parse sorts first.
  */

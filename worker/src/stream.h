@@ -53,6 +53,8 @@ int sbw_stream_autoclaim(sbw_stream_t *s, char *cursor, size_t cursor_len,
 int sbw_stream_ack(sbw_stream_t *s, const char *id);
 int sbw_stream_id_cmp(const char *a, const char *b);
 int sbw_stream_floor(sbw_stream_t *s, char *minid, size_t minid_len);
+int sbw_stream_group_stats(sbw_stream_t *s, long long *lag,
+    long long *pending);
 int sbw_stream_touch(sbw_stream_t *s, const char *id);
 int sbw_stream_delivery_counts(sbw_stream_t *s, const sbw_entry_t *es,
     size_t n, long long *counts);

@@ -50,6 +50,7 @@
 
 /* how often thread 0 counts the open dead letters for the gauge */
 #define SBW_DLQ_STATS_INTERVAL  15.0
+#define SBW_LAG_STATS_INTERVAL  5.0
 
 
 typedef struct {
@@ -1905,7 +1906,8 @@ sbw_worker_run(void *arg)
     long           block;
     size_t         n, i;
     double         now, next_claim, next_trim, last_activity, due;
-    double         next_stats, next_dup;
+    double         next_stats, next_dup, next_lag;
+    long long      lag, pending;
     sbw_entry_t   *es;
     sbw_worker_t  *w;
 
@@ -1914,6 +1916,7 @@ sbw_worker_run(void *arg)
     next_claim = now;
     next_trim = now;
     next_stats = now;
+    next_lag = now;
     next_dup = now + (double) w->conf->dup_check_interval_ms / 1000.0;
     last_activity = now;
 
@@ -1953,6 +1956,20 @@ sbw_worker_run(void *arg)
             if (w->redis_broken) {
                 continue;
             }
+        }
+
+        /* the stream's lag and pending gauges */
+        if (w->index == 0 && now >= next_lag) {
+            rc = sbw_stream_group_stats(&w->stream, &lag, &pending);
+
+            if (rc == SBW_STREAM_CONN) {
+                w->redis_broken = 1;
+                continue;
+            }
+
+            /* an error answer (the stream deleted by hand): unknown */
+            sbw_metrics_stream_group(lag, pending);
+            next_lag = now + SBW_LAG_STATS_INTERVAL;
         }
 
         /* the dead-letter gauge, and the duplicate detector */

@@ -155,6 +155,25 @@ test_metrics_text(void **state)
     text = sbw_metrics_render();
     assert_non_null(text);
 
+    /* the group's gauges are shown once Redis has told them */
+    assert_null(strstr(text, "\nworker_stream_lag "));
+    free(text);
+
+    sbw_metrics_limiter_wait("rate");
+    sbw_metrics_limiter_wait("rate");
+    sbw_metrics_limiter_waited(1.5);
+    sbw_metrics_stream_group(7, 3);
+
+    text = sbw_metrics_render();
+    assert_non_null(text);
+
+    assert_non_null(strstr(text, "\nbc_limiter_waits_total{reason=\"rate\"}"
+                           " 2\n"));
+    assert_non_null(strstr(text, "\nbc_limiter_waiting 1\n"));
+    assert_non_null(strstr(text, "\nbc_limiter_wait_seconds_total 1.500\n"));
+    assert_non_null(strstr(text, "\nworker_stream_lag 7\n"));
+    assert_non_null(strstr(text, "\nworker_stream_pending 3\n"));
+
     assert_non_null(strstr(text, "\nbc_orders_pushed_total 2\n"));
     assert_non_null(strstr(text, "\nbc_orders_deduped_total 1\n"));
     assert_non_null(strstr(text, "bc_order_push_seconds_bucket{le=\"0.05\"}"
