@@ -373,9 +373,15 @@ class Company:
         self.counters = {"order": 0, "invoice": 0, "shipment": 0}
 
     def next_number(self, kind):
+        number = self.peek_number(kind)
         self.counters[kind] += 1
+        return number
+
+    def peek_number(self, kind):
+        """The number the next document of this kind gets (BC rolls the number series back with a document it
+        refuses, so errors about a document not created name the number it would have had)."""
         base = {"order": ORDER_BASE, "invoice": INVOICE_BASE, "shipment": SHIPMENT_BASE}[kind]
-        return self.fmt[kind].format(n=base + self.counters[kind])
+        return self.fmt[kind].format(n=base + self.counters[kind] + 1)
 
     def view(self):
         return {
@@ -947,7 +953,7 @@ def build_order(company, body):
         lines_raw = []
     if not isinstance(lines_raw, list):
         raise ApiError(400, "BadRequest", "Invalid Request Body")
-    order["number"] = "(pending)"
+    order["number"] = company.peek_number("order")
     used = set()
     for i, raw in enumerate(lines_raw):
         ln = build_line(company, order, raw, 10000 * (i + 1), used)

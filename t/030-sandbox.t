@@ -530,6 +530,54 @@ subtest 'lines: PATCH with If-Match; a released order refuses changes' => sub {
     is($st2, 400, 'released: no delete');
 };
 
+subtest "lines: the sequence is a line's key: a second line under one is refused (409)" => sub {
+    my ($st, $o) = bc('POST', $SO, body => basic_order(externalDocumentNumber => 'SEQ-1'),
+                      query => {'$expand' => 'salesOrderLines'});
+    is($st, 201, 'order created: lines 10000, 20000, 30000');
+    my $lines = "$SO($o->{id})/salesOrderLines";
+    my %lamp = (lineType => 'Item', lineObjectNumber => '1928-S', quantity => 1, unitPrice => 54.90,
+                taxCode => 'NONTAXABLE');
+    my ($st2, $j) = bc('POST', $lines, body => {%lamp, sequence => 50000});
+    is($st2, 201, 'a line under a sequence of its own');
+    is($j->{sequence}, 50000, 'keeps it');
+    ($st2, $j) = bc('POST', $lines, body => {%lamp, sequence => 50000});
+    bc_error_ok($st2, $j, 409, 'Internal_EntityWithSameKeyExists',
+                qr/^The Sales Line already exists\. Identification fields and values: Document Type='Order',Document No\.='\Q$o->{number}\E',Line No\.='50000'/,
+                'the same sequence again');
+    ($st2, $j) = bc('POST', $lines, body => {%lamp, sequence => 20000});
+    bc_error_ok($st2, $j, 409, 'Internal_EntityWithSameKeyExists', qr/Line No\.='20000'/,
+                'the sequence of a line BC numbered');
+    my (undef, $g) = bc('GET', "$SO($o->{id})", query => {'$expand' => 'salesOrderLines'});
+    is_deeply([map { $_->{sequence} } @{ $g->{salesOrderLines} }], [10000, 20000, 30000, 50000],
+              'nothing added by the refusals; lines in sequence order');
+    is(sprintf('%.2f', $g->{totalAmountIncludingTax}), '2987.61', 'total: 2932.71 + the lamp once');
+    ($st2, $j) = bc('POST', $lines, body => {%lamp, sequence => 40000});
+    is($st2, 201, 'a sequence between others');
+    ($st2, $j) = bc('POST', $lines, body => \%lamp);
+    is($j->{sequence}, 60000, 'without one: BC numbers it after the last');
+    (undef, $g) = bc('GET', "$SO($o->{id})", query => {'$expand' => 'salesOrderLines'});
+    is_deeply([map { $_->{sequence} } @{ $g->{salesOrderLines} }], [10000, 20000, 30000, 40000, 50000, 60000],
+              'sorted by sequence');
+    my ($gone) = grep { $_->{sequence} == 50000 } @{ $g->{salesOrderLines} };
+    ($st2) = bc('DELETE', "$lines($gone->{id})", headers => {'If-Match' => $gone->{'@odata.etag'}});
+    is($st2, 204, 'line 50000 deleted');
+    ($st2, $j) = bc('POST', $lines, body => {%lamp, sequence => 50000});
+    is($st2, 201, 'its sequence is free again');
+    ($st2, $j) = bc('POST', $lines, body => {%lamp, sequence => 2147483648});
+    is($st2, 400, 'beyond BC\'s Integer: refused');
+    my $before = n_orders();
+    my $twice = basic_order(externalDocumentNumber => 'SEQ-2');
+    $twice->{salesOrderLines}[0]{sequence} = 10000;
+    $twice->{salesOrderLines}[1]{sequence} = 10000;
+    ($st2, $j) = bc('POST', $SO, body => $twice);
+    my $would = $o->{number} + 1;
+    bc_error_ok($st2, $j, 409, 'Internal_EntityWithSameKeyExists', qr/Document No\.='$would',Line No\.='10000'/,
+                'deep insert: two lines under one sequence (named with the number the order would have had)');
+    is(n_orders(), $before, 'deep insert: nothing created');
+    ($st2, $j) = bc('POST', $SO, body => basic_order(externalDocumentNumber => 'SEQ-3'));
+    is($j->{number}, $would, 'and the number is not used up');
+};
+
 # ---------------------------------------------------------------- posting
 subtest 'posting moves the order to salesInvoices and salesShipments' => sub {
     my ($st, $o) = bc('POST', $SO, body => basic_order(externalDocumentNumber => 'POST-ME-1'));

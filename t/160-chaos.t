@@ -603,6 +603,118 @@ worker_start('chaos-a', 3);
     sandbox_call('DELETE', '/_sandbox/faults');
 }
 
+# --- the same race for a line an orders/updated adds -------------------
+# #1043 is created, then edited: one desk and one chair less (PATCHes) and
+# an AMSTERDAM Lamp more, which Shopify did not tax, so that BC's total
+# must be 1691.37 + 54.90.  The lamp's POST is held by BC past the
+# worker's timeout and carried out late:
+#
+#   after  BC runs it after the next try has read the order and posted
+#          the lamp again (the late one must be refused as a line that
+#          exists);
+#   before BC runs it between the next try's read and that try's POST
+#          (that POST must be refused, and the worker read and plan
+#          again instead of giving up or adding a second lamp).
+#
+# Either way the order ends with one lamp and Shopify's total.
+{
+    my $edit = json()->decode(fixture('orders-updated.json'));
+    my %lamp = %{ $edit->{line_items}[1] };
+    my $money = sub {
+        my ($a) = @_;
+        return { map { $_ => { amount => $a, currency_code => 'USD' } }
+                 qw(shop_money presentment_money) };
+    };
+    %lamp = (%lamp, id => 15120450001077, variant_id => 45512345000077,
+             product_id => 8812345000077, sku => '1928-S',
+             title => 'AMSTERDAM Lamp', name => 'AMSTERDAM Lamp',
+             variant_title => undef, price => '54.90',
+             price_set => $money->('54.90'), quantity => 1,
+             current_quantity => 1, fulfillable_quantity => 1,
+             taxable => JSON::PP::false, tax_lines => [],
+             discount_allocations => []);
+    push @{ $edit->{line_items} }, \%lamp;
+    $edit->{current_total_price} = '1746.27';
+    $edit->{current_total_price_set} = $money->('1746.27');
+    $edit->{current_subtotal_price} = '1634.10';
+    $edit->{current_subtotal_price_set} = $money->('1634.10');
+
+    my %faults = (
+        after => [{ method => 'POST', path_regex => 'salesOrderLines$',
+                    times => 1, latency_ms => $BC_TIMEOUT_MS + 1500 }],
+        # the second rule slows the next try's POST down (within the
+        # worker's timeout) so that the late one runs first
+        before => [{ method => 'POST', path_regex => 'salesOrderLines$',
+                     times => 1, latency_ms => $BC_TIMEOUT_MS + 1000 },
+                   { method => 'POST', path_regex => 'salesOrderLines$',
+                     times => 1, latency_ms => $BC_TIMEOUT_MS - 200 }],
+    );
+    for my $case ('after', 'before') {
+        my $id = ++$next_id;
+        my $t = "late added line ($case)";
+        is deliver($nginx, with_id($BASIC, $id),
+                   headers_of('orders-create-basic.json'),
+                   'X-Shopify-Webhook-Id' => "$run_tag-$id"), 200,
+            "$t: create delivered";
+        wait_until("$t: created", 60, sub {
+            (sq1("SELECT totals_state FROM bc_order_sync"
+                 . " WHERE shopify_order_id = $id") // 'pending')
+                ne 'pending';
+        });
+        my $since = sandbox_call('GET', '/_sandbox/requests')->{last} // 0;
+        sandbox_faults(@{ $faults{$case} });
+        $edit->{id} = $id;
+        is deliver($nginx, json()->encode($edit),
+                   headers_of('orders-create-basic.json'),
+                   'X-Shopify-Topic' => 'orders/updated',
+                   'X-Shopify-Webhook-Id' => "$run_tag-$id-edit"), 200,
+            "$t: edit delivered";
+        my @late;
+        wait_until("$t: BC ran the held POSTs", 60, sub {
+            @late = grep { ($_->{fault} // '') eq 'latency'
+                           && defined $_->{status} }
+                @{ sandbox_call('GET', "/_sandbox/requests?since=$since")
+                       ->{value} };
+            @late == @{ $faults{$case} };
+        });
+        wait_until("$t: the edit applied", 60, sub {
+            (sq1("SELECT totals_state FROM bc_order_sync"
+                 . " WHERE shopify_order_id = $id AND last_updated_at"
+                 . " = '2026-03-17T14:05:12-04:00'") // 'pending')
+                ne 'pending';
+        });
+        is join(' ', map { $_->{status} } @late),
+            $case eq 'after' ? '409' : '201 409',
+            "$t: BC refused the second lamp"
+            . ($case eq 'before' ? ", the next try's" : ", the late one");
+        my @docs = grep {
+            $_->{order}{externalDocumentNumber} eq "SHOPIFY-$id"
+        } @{ sandbox_orders() };
+        is scalar(@docs), 1, "$t: one BC order";
+        is join(' ', map { "$_->{lineObjectNumber}x" . ($_->{quantity} + 0) }
+                     grep { $_->{lineType} ne 'Comment' }
+                     @{ $docs[0]{order}{salesOrderLines} }),
+            '1896-Sx1 1900-Sx3 1928-Sx1 40400x1',
+            "$t: the edited lines, one lamp";
+        is money($docs[0]{order}{totalAmountIncludingTax}), '1746.27',
+            "$t: BC's total is Shopify's 1746.27";
+        is sq1("SELECT sync_state || ' ' || totals_state || ' ' || bc_total"
+               . " FROM bc_order_sync WHERE shopify_order_id = $id"),
+            'open matched 1746.27', "$t: the totals check says so";
+        is sq1("SELECT count(*) FROM dead_letters"
+               . " WHERE shopify_order_id = $id"), 0,
+            "$t: nothing for review";
+        my $log = do { local (@ARGV, $/) = ($worker->{log}); <> };
+        my @retries = $log =~ /^(.*"event":"order_retry".*"order":"$id".*)$/mg;
+        is join("\n", map { /"bc_error_code":"([^"]*)"/ ? $1 : '?' }
+                      @retries), 'Transport_Timeout',
+            "$t: one retry, for the timeout"
+            . ($case eq 'before' ? '; the refusal is read again at once'
+                                 : '');
+        sandbox_call('DELETE', '/_sandbox/faults');
+    }
+}
+
 for my $run (1 .. $RUNS) {
     one_run($run, $SEED + $run - 1);
 }

@@ -32,6 +32,12 @@
 /* most line changes one update may make */
 #define SBW_SYNC_MAX_OPS  512
 
+/*
+ * an update: plans made in one try (a POST refused as a line that exists
+ * is followed by a read and a new plan) before the entry is retried
+ */
+#define SBW_SYNC_PLAN_PASSES  3
+
 /* totals check: re-reads of BC's total before giving up */
 #define SBW_SYNC_TOTAL_PASSES  3
 
@@ -1097,21 +1103,77 @@ sbw_sync_line_answer(sbw_sync_t *s, int64_t order_id, sbw_bc_class_e cls,
 }
 
 
+/*
+ * Whether BC refused a POST because a line with its sequence exists (409
+ * Internal_EntityWithSameKeyExists): an earlier try's POST of it that BC
+ * carried out after the worker gave up.
+ */
+static int
+sbw_sync_same_key(const sbw_bc_result_t *res, sbw_bc_class_e cls)
+{
+    return cls == SBW_BC_PERMANENT && res->status == 409
+           && strcmp(res->error_code, "Internal_EntityWithSameKeyExists")
+              == 0;
+}
+
+
+/*
+ * Read the open BC order again (after a refused POST).  Returns 1 with
+ * *order, 0 with r set for a retry: an order gone or released meanwhile
+ * is left to the next try, which tells the cases apart.
+ */
+static int
+sbw_sync_reread(sbw_sync_t *s, const char *bc_id, sbw_sync_result_t *r,
+    json_t **order)
+{
+    int          got;
+    const char  *status;
+
+    got = sbw_sync_get_order(s, bc_id, r, order);
+
+    if (got < 0) {
+        return 0;
+    }
+
+    status = got ? json_string_value(json_object_get(*order, "status"))
+                 : NULL;
+
+    if (got == 0 || (status != NULL && strcmp(status, "Draft") != 0)) {
+        json_decref(*order);
+        *order = NULL;
+        snprintf(r->res.error_code, sizeof(r->res.error_code),
+                 "Worker_OrderChanged");
+        snprintf(r->res.error_message, sizeof(r->res.error_message),
+                 "the BC order is no longer open; the next try looks again");
+        sbw_sync_bc_retry(r, "order_read");
+        return 0;
+    }
+
+    return 1;
+}
+
+
 /* TODO: header fields (addresses, e-mail, phone) are not patched on edits */
 
 /*
  * orders/updated on an open BC order: the lines are brought to the
  * edited order (current quantities, sbw_sync_plan()), then the totals
  * checked against current_total_price, then the state recorded as
- * applied.
+ * applied.  Each added line is posted under the sequence the plan gives
+ * it; when BC refuses one as a line that exists, an earlier try's POST
+ * of it got there late: the order is read again and planned again (at
+ * most SBW_SYNC_PLAN_PASSES times in one try), which keeps that line.
  */
 static void
 sbw_sync_update(sbw_sync_t *s, int64_t order_id, const sbw_bc_order_t *o,
     const char *bc_id, json_t *bc_order, const char *topic,
     sbw_sync_result_t *r)
 {
+    int             rc, pass, again;
     char            path[200], *body;
-    size_t          i, nops;
+    size_t          i, nops, done;
+    json_t         *current, *fresh;
+    sbw_bc_line_t   line;
     sbw_sync_op_t  *ops;
     sbw_bc_class_e  cls;
 
@@ -1123,53 +1185,103 @@ sbw_sync_update(sbw_sync_t *s, int64_t order_id, const sbw_bc_order_t *o,
         return;
     }
 
-    if (sbw_sync_plan(json_object_get(bc_order, "salesOrderLines"), o,
-                      s->conf->rounding_account, ops, SBW_SYNC_MAX_OPS,
-                      &nops) != 0)
-    {
-        free(ops);
-        sbw_sync_review(s, order_id, r, SBW_SYNC_ERR_CONFLICT,
-                        "order_conflict", "%s: the BC order's lines cannot "
-                        "be matched with the edited order", topic);
-        return;
-    }
+    current = json_incref(bc_order);
+    done = 0;
+    nops = 0;
 
-    for (i = 0; i < nops; i++) {
-        body = NULL;
+    for (pass = 0; ; pass++) {
+        rc = sbw_sync_plan(json_object_get(current, "salesOrderLines"), o,
+                           s->conf->rounding_account, ops, SBW_SYNC_MAX_OPS,
+                           &nops);
 
-        if (ops[i].op == SBW_OP_POST) {
-            snprintf(path, sizeof(path), "/salesOrders(%s)/salesOrderLines",
-                     bc_id);
-            body = sbw_order_line_payload(&o->lines[ops[i].line], 0);
+        if (rc != 0) {
+            free(ops);
+            json_decref(current);
 
-        } else {
-            snprintf(path, sizeof(path), "/salesOrders(%s)/salesOrderLines"
-                     "(%s)", bc_id, ops[i].bc_line_id);
-
-            if (ops[i].op == SBW_OP_PATCH) {
-                body = sbw_order_line_payload(&o->lines[ops[i].line], 1);
+            if (rc == SBW_PLAN_NO_SEQUENCE) {
+                sbw_sync_review(s, order_id, r, SBW_SYNC_ERR_CONFLICT,
+                                "order_conflict", "%s: the BC order has no "
+                                "line number (sequence) left for the lines "
+                                "the edit adds", topic);
+            } else {
+                sbw_sync_review(s, order_id, r, SBW_SYNC_ERR_CONFLICT,
+                                "order_conflict", "%s: the BC order's lines "
+                                "cannot be matched with the edited order",
+                                topic);
             }
-        }
 
-        if (ops[i].op != SBW_OP_DELETE && body == NULL) {
-            free(ops);
-            snprintf(r->res.error_code, sizeof(r->res.error_code),
-                     "Worker_NoMemory");
-            sbw_sync_bc_retry(r, "update");
             return;
         }
 
-        cls = sbw_bc_request(s->bc, "order_line",
-                             ops[i].op == SBW_OP_POST ? "POST"
-                             : ops[i].op == SBW_OP_PATCH ? "PATCH"
-                             : "DELETE",
-                             path, body, ops[i].etag, &r->res);
-        free(body);
+        again = 0;
 
-        if (!sbw_sync_line_answer(s, order_id, cls, topic, r)) {
+        for (i = 0; i < nops; i++) {
+            body = NULL;
+
+            if (ops[i].op == SBW_OP_POST) {
+                snprintf(path, sizeof(path),
+                         "/salesOrders(%s)/salesOrderLines", bc_id);
+                line = o->lines[ops[i].line];
+                line.sequence = ops[i].sequence;
+                body = sbw_order_line_payload(&line, 0);
+
+            } else {
+                snprintf(path, sizeof(path), "/salesOrders(%s)/"
+                         "salesOrderLines(%s)", bc_id, ops[i].bc_line_id);
+
+                if (ops[i].op == SBW_OP_PATCH) {
+                    body = sbw_order_line_payload(&o->lines[ops[i].line],
+                                                  1);
+                }
+            }
+
+            if (ops[i].op != SBW_OP_DELETE && body == NULL) {
+                free(ops);
+                json_decref(current);
+                snprintf(r->res.error_code, sizeof(r->res.error_code),
+                         "Worker_NoMemory");
+                sbw_sync_bc_retry(r, "update");
+                return;
+            }
+
+            cls = sbw_bc_request(s->bc, "order_line",
+                                 ops[i].op == SBW_OP_POST ? "POST"
+                                 : ops[i].op == SBW_OP_PATCH ? "PATCH"
+                                 : "DELETE",
+                                 path, body, ops[i].etag, &r->res);
+            free(body);
+
+            if (ops[i].op == SBW_OP_POST && sbw_sync_same_key(&r->res, cls)
+                && pass + 1 < SBW_SYNC_PLAN_PASSES)
+            {
+                /* the line is there already: read, plan again */
+                sbw_bc_result_clear(&r->res);
+                again = 1;
+                break;
+            }
+
+            if (!sbw_sync_line_answer(s, order_id, cls, topic, r)) {
+                free(ops);
+                json_decref(current);
+                return;
+            }
+
+            done++;
+        }
+
+        if (!again) {
+            break;
+        }
+
+        /* the ops already made are in the plan of the order read next */
+        if (!sbw_sync_reread(s, bc_id, r, &fresh)) {
             free(ops);
+            json_decref(current);
             return;
         }
+
+        json_decref(current);
+        current = fresh;
     }
 
     free(ops);
@@ -1177,13 +1289,15 @@ sbw_sync_update(sbw_sync_t *s, int64_t order_id, const sbw_bc_order_t *o,
     if (sbw_sync_put(s, order_id, o, o->updated_at, topic, "pending",
                      "open") != 0)
     {
+        json_decref(current);
         r->action = SBW_SYNC_PGFAIL;
         return;
     }
 
-    /* nothing changed: the order just read holds BC's current total */
-    sbw_sync_reconcile(s, order_id, bc_id, o, nops == 0 ? bc_order : NULL,
+    /* nothing changed since the last read: it holds BC's current total */
+    sbw_sync_reconcile(s, order_id, bc_id, o, nops == 0 ? current : NULL,
                        r);
+    json_decref(current);
 
     if (r->action == SBW_SYNC_ACK) {
         sbw_metrics_order_sync("updated");
@@ -1191,7 +1305,7 @@ sbw_sync_update(sbw_sync_t *s, int64_t order_id, const sbw_bc_order_t *o,
 
         if (r->extra != NULL) {
             json_object_set_new(r->extra, "line_changes",
-                                json_integer((json_int_t) nops));
+                                json_integer((json_int_t) done));
             json_object_set_new(r->extra, "updated_at",
                                 json_string(o->updated_at));
         }

@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -215,17 +216,117 @@ sbw_line_same(const json_t *bc, const sbw_bc_line_t *l)
 
 
 /*
+ * The sequence after `after` for a line the worker adds:
+ * SBW_LINE_SEQUENCE_STEP on, as BC numbers the lines it creates, but
+ * never SBW_VARIANCE_SEQUENCE (it stays the variance line's whether or
+ * not the order has one yet).  -1 beyond BC's Integer range.
+ */
+int64_t
+sbw_next_sequence(int64_t after)
+{
+    int64_t  next;
+
+    if (after < 0) {
+        after = 0;
+    }
+
+    next = after + SBW_LINE_SEQUENCE_STEP;
+
+    if (next == SBW_VARIANCE_SEQUENCE) {
+        next += SBW_LINE_SEQUENCE_STEP;
+    }
+
+    return next > SBW_LINE_SEQUENCE_MAX ? -1 : next;
+}
+
+
+/* one BC line of the plan */
+typedef struct {
+    const json_t  *bc;
+    int64_t        seq;
+    size_t         pos;          /* in BC's answer, to keep sorts stable */
+    int            pairable;     /* an item or account line (not a
+                                    comment, not the variance line) */
+    int            deleted;      /* the plan deletes it */
+} sbw_plan_line_t;
+
+
+static int
+sbw_plan_line_cmp(const void *a, const void *b)
+{
+    const sbw_plan_line_t  *x = a, *y = b;
+
+    if (x->seq != y->seq) {
+        return x->seq < y->seq ? -1 : 1;
+    }
+
+    return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+
+static int
+sbw_plan_add(sbw_sync_op_t *ops, size_t maxops, size_t *nops,
+    sbw_sync_op_e what, const json_t *bc, size_t line)
+{
+    sbw_sync_op_t  *op;
+
+    if (*nops == maxops) {
+        return -1;
+    }
+
+    op = &ops[(*nops)++];
+    memset(op, 0, sizeof(*op));
+    op->op = what;
+    op->line = line;
+
+    if (bc != NULL) {
+        op->bc_line_id = json_string_value(json_object_get(bc, "id"));
+        op->etag = json_string_value(json_object_get(bc, "@odata.etag"));
+
+        if (op->bc_line_id == NULL) {
+            return -1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
  * The changes that bring an open BC order's lines (bc_lines, BC's
- * salesOrderLines in sequence order) to the mapped order o.  Comment
- * lines are left alone; the variance line is left to the totals check.
- * The other BC lines are paired in order with o's non-comment lines:
- * the same item or account with other amounts is PATCHed, another
- * item or account is deleted and the new line posted; BC lines left over
- * are deleted, order lines left over are posted.  Applying the plan to
- * a BC order that already had part of it applied gives the same end
- * state, so a plan interrupted half-way is simply planned again.
- * Returns 0 with the ops in ops[0..*nops), -1 when more than maxops are
- * needed or the BC answer is malformed.
+ * salesOrderLines) to the mapped order o.  Comment lines are left alone;
+ * the variance line is left to the totals check.  The other BC lines,
+ * in sequence order, are walked along o's non-comment lines:
+ *
+ *   - a BC line with the same item or account as the order line is kept
+ *     (PATCHed when amounts, description or tax code differ);
+ *   - BC lines before the next one that matches are deleted (an item
+ *     the edit removed, a line a person added);
+ *   - from the first order line that no BC line further on matches, the
+ *     rest of the order is new: every BC line from there on is deleted,
+ *     then that order line and all after it are posted.
+ *
+ * The DELETEs come before the POSTs, and each POST asks for its own
+ * sequence: the first after the highest sequence among the lines the
+ * plan keeps (the kept item and account lines, comments, a variance line
+ * not at SBW_VARIANCE_SEQUENCE), the next ones each after the one
+ * before (sbw_next_sequence()).  The posted lines thus sort after
+ * every kept line, in the order's order, so the next plan pairs them.
+ *
+ * The plan is stable under its own partial application: once some of
+ * its DELETEs, PATCHes and POSTs are done (a try cut short, a POST BC
+ * carries out after the worker gave up), planning again keeps the same
+ * lines, and each line it still has to post gets the sequence the first
+ * plan gave it (a line posted already is kept and is the highest kept
+ * line, so the next one follows it as before).  A POST BC carries out
+ * late and the same POST of the next try therefore collide on one key,
+ * and BC refuses the second (409 Internal_EntityWithSameKeyExists)
+ * instead of adding the line twice.
+ *
+ * Returns 0 with the ops in ops[0..*nops), SBW_PLAN_INVALID when more
+ * than maxops are needed or the BC answer is malformed (a line without
+ * an id or an integer sequence), SBW_PLAN_NO_SEQUENCE when the posted
+ * lines would go beyond BC's Integer range.
  */
 /* TODO: lines a person added to the open BC order are deleted as leftovers */
 int
@@ -233,107 +334,147 @@ sbw_sync_plan(const json_t *bc_lines, const sbw_bc_order_t *o,
     const char *rounding_account, sbw_sync_op_t *ops, size_t maxops,
     size_t *nops)
 {
-    size_t          i, j, n;
-    const char     *type;
-    const json_t   *bc;
-    const json_t   *kept[4096];
-    sbw_sync_op_t   op;
+    int               rc, tail;
+    size_t            i, j, k, n, p;
+    int64_t           base;
+    const char       *type;
+    const json_t     *bc, *seq;
+    sbw_plan_line_t  *all, **cand;
 
     *nops = 0;
-    n = 0;
 
     if (!json_is_array(bc_lines)) {
-        return -1;
+        return SBW_PLAN_INVALID;
     }
+
+    n = json_array_size(bc_lines);
+    all = calloc(n + 1, sizeof(*all));
+    cand = calloc(n + 1, sizeof(*cand));
+
+    if (all == NULL || cand == NULL) {
+        free(all);
+        free(cand);
+        return SBW_PLAN_INVALID;
+    }
+
+    rc = SBW_PLAN_INVALID;
 
     json_array_foreach(bc_lines, i, bc) {
+        seq = json_object_get(bc, "sequence");
+
+        if (!json_is_object(bc) || !json_is_integer(seq)) {
+            goto done;
+        }
+
         type = json_string_value(json_object_get(bc, "lineType"));
-
-        if (type == NULL || strcmp(type, "Comment") == 0
-            || sbw_is_variance_line(bc, rounding_account))
-        {
-            continue;
-        }
-
-        if (n == sizeof(kept) / sizeof(kept[0])) {
-            return -1;
-        }
-
-        kept[n++] = bc;
+        all[i].bc = bc;
+        all[i].seq = (int64_t) json_integer_value(seq);
+        all[i].pos = i;
+        all[i].pairable = type != NULL && strcmp(type, "Comment") != 0
+                      && !sbw_is_variance_line(bc, rounding_account);
     }
 
-    j = 0;
+    qsort(all, n, sizeof(*all), sbw_plan_line_cmp);
+
+    k = 0;
+
+    for (i = 0; i < n; i++) {
+        if (all[i].pairable) {
+            cand[k++] = &all[i];
+        }
+    }
+
+    p = 0;
+    tail = 0;
 
     for (i = 0; i < o->nlines; i++) {
         if (o->lines[i].type == SBW_LINE_COMMENT) {
             continue;
         }
 
-        memset(&op, 0, sizeof(op));
-        op.line = i;
+        if (!tail) {
+            for (j = p; j < k; j++) {
+                if (sbw_line_matches(cand[j]->bc, &o->lines[i])) {
+                    break;
+                }
+            }
 
-        if (j < n && sbw_line_matches(kept[j], &o->lines[i])) {
-            if (!sbw_line_same(kept[j], &o->lines[i])) {
-                op.op = SBW_OP_PATCH;
-                op.bc_line_id = json_string_value(json_object_get(kept[j],
-                                                                  "id"));
-                op.etag = json_string_value(json_object_get(kept[j],
-                                                            "@odata.etag"));
+            if (j == k) {
+                /* new from here on */
+                tail = 1;
+            }
 
-                if (*nops == maxops) {
-                    return -1;
+            for ( ; p < j; p++) {
+                cand[p]->deleted = 1;
+
+                if (sbw_plan_add(ops, maxops, nops, SBW_OP_DELETE,
+                                 cand[p]->bc, 0) != 0)
+                {
+                    goto done;
+                }
+            }
+
+            if (!tail) {
+                if (!sbw_line_same(cand[p]->bc, &o->lines[i])
+                    && sbw_plan_add(ops, maxops, nops, SBW_OP_PATCH,
+                                    cand[p]->bc, i) != 0)
+                {
+                    goto done;
                 }
 
-                ops[(*nops)++] = op;
+                p++;
+                continue;
             }
-
-            j++;
-            continue;
         }
 
-        if (j < n) {
-            op.op = SBW_OP_DELETE;
-            op.bc_line_id = json_string_value(json_object_get(kept[j], "id"));
-            op.etag = json_string_value(json_object_get(kept[j],
-                                                        "@odata.etag"));
-
-            if (*nops == maxops) {
-                return -1;
-            }
-
-            ops[(*nops)++] = op;
-            j++;
+        if (sbw_plan_add(ops, maxops, nops, SBW_OP_POST, NULL, i) != 0) {
+            goto done;
         }
-
-        op.op = SBW_OP_POST;
-        op.bc_line_id = NULL;
-        op.etag = NULL;
-
-        if (*nops == maxops) {
-            return -1;
-        }
-
-        ops[(*nops)++] = op;
     }
 
-    for ( ; j < n; j++) {
-        memset(&op, 0, sizeof(op));
-        op.op = SBW_OP_DELETE;
-        op.bc_line_id = json_string_value(json_object_get(kept[j], "id"));
-        op.etag = json_string_value(json_object_get(kept[j], "@odata.etag"));
+    for ( ; p < k; p++) {
+        cand[p]->deleted = 1;
 
-        if (*nops == maxops) {
-            return -1;
+        if (sbw_plan_add(ops, maxops, nops, SBW_OP_DELETE, cand[p]->bc, 0)
+            != 0)
+        {
+            goto done;
         }
+    }
 
-        ops[(*nops)++] = op;
+    /*
+     * The POSTs came last (the tail's DELETEs were added when it began):
+     * number them after the highest line kept
+     */
+    base = 0;
+
+    for (i = 0; i < n; i++) {
+        if (!all[i].deleted && all[i].seq != SBW_VARIANCE_SEQUENCE
+            && all[i].seq > base)
+        {
+            base = all[i].seq;
+        }
     }
 
     for (i = 0; i < *nops; i++) {
-        if (ops[i].op != SBW_OP_POST && ops[i].bc_line_id == NULL) {
-            return -1;
+        if (ops[i].op == SBW_OP_POST) {
+            base = sbw_next_sequence(base);
+
+            if (base < 0) {
+                rc = SBW_PLAN_NO_SEQUENCE;
+                goto done;
+            }
+
+            ops[i].sequence = base;
         }
     }
 
-    return 0;
+    rc = 0;
+
+done:
+
+    free(all);
+    free(cand);
+
+    return rc;
 }

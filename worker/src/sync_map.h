@@ -29,6 +29,19 @@
  */
 #define SBW_VARIANCE_SEQUENCE  1000000000
 
+/*
+ * Lines an update adds are asked for under sequences of their own too
+ * (sbw_sync_plan()): each follows the highest sequence among the lines
+ * the update keeps, SBW_LINE_SEQUENCE_STEP apart as BC numbers lines,
+ * never SBW_VARIANCE_SEQUENCE, never above BC's Integer range.
+ */
+#define SBW_LINE_SEQUENCE_STEP  10000
+#define SBW_LINE_SEQUENCE_MAX   2147483647
+
+/* sbw_sync_plan() results besides 0 */
+#define SBW_PLAN_INVALID     -1   /* malformed BC lines, or too many ops */
+#define SBW_PLAN_NO_SEQUENCE -2   /* no sequence left in BC's range */
+
 /* BC365_TAX_TOLERANCE=auto: at least this many cents */
 #define SBW_TOLERANCE_MIN_CENTS  5
 
@@ -45,6 +58,7 @@ typedef struct {
     const char     *bc_line_id;   /* PATCH, DELETE: in the BC answer */
     const char     *etag;         /* PATCH, DELETE: the line's */
     size_t          line;         /* PATCH, POST: index in the order */
+    int64_t         sequence;     /* POST: the sequence to ask for */
 } sbw_sync_op_t;
 
 
@@ -55,6 +69,7 @@ const char *sbw_company_for_shop(const sbw_config_t *conf,
 int64_t sbw_total_tolerance(long setting, int ntax_lines);
 int sbw_is_variance_line(const json_t *bc_line, const char *account);
 int sbw_cents_of(const json_t *v, int64_t *cents);
+int64_t sbw_next_sequence(int64_t after);
 int sbw_sync_plan(const json_t *bc_lines, const sbw_bc_order_t *o,
     const char *rounding_account, sbw_sync_op_t *ops, size_t maxops,
     size_t *nops);
