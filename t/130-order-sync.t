@@ -226,6 +226,41 @@ like dead_letters(), qr/no longer open \(salesInvoice/,
     sandbox_call('DELETE', '/_sandbox/faults');
 }
 
+# --- 5c. an edit applied, its totals check cut short -------------------
+# The edit's lines reach BC, then BC fails the read of the total (503):
+# the retry finds the edit applied already and must still check the
+# totals, not acknowledge it as a stale delivery.
+{
+    my $x = $base_id + 40;
+    send_as($x, 'create');
+    wait_until('order X created', 30, sub { @{ bc_orders_of($x) } == 1 });
+    wait_until('order X totals checked', 30,
+               sub { sync_row($x)->[1] ne 'pending' });
+    my $x_id = bc_orders_of($x)->[0]{order}{id};
+    my $read = "salesOrders\\($x_id\\)\\?";
+    # the edit's first read of the order passes, the read after the line
+    # changes fails once
+    sandbox_faults({ method => 'GET', path_regex => $read, times => 1,
+                     latency_ms => 1 },
+                   { method => 'GET', path_regex => $read, times => 1,
+                     status => 503, retry_after => 1 });
+    send_as($x, 'updated');
+    wait_until('order X edited', 30,
+               sub { sync_row($x)->[2] eq '2026-03-17 18:05:12' });
+    my $row = wait_until('order X totals checked after the retry', 30, sub {
+        my $r = sync_row($x);
+        $r->[1] ne 'pending' ? $r : undef;
+    });
+    is $row->[1], 'matched', 'X: the edit\'s totals checked on the retry';
+    my ($ox) = @{ bc_orders_of($x) };
+    is lines_of($ox->{order}), '1896-Sx1 1900-Sx3 40400x1', 'X: the edit applied once';
+    is sprintf('%.2f', $ox->{order}{totalAmountIncludingTax}), '1691.37',
+        "X: BC's total = Shopify's 1691.37";
+    unlike worker_log(), qr/"event":"order_update_stale"[^\n]*"order":"$x"/,
+        'X: the retry is not taken for a stale delivery';
+    sandbox_call('DELETE', '/_sandbox/faults');
+}
+
 # --- 6. customer strategy create --------------------------------------
 {
     my $u = fixture('orders-create-unicode.json');

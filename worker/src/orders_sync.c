@@ -388,8 +388,8 @@ sbw_valid_time(const char *t)
 
 /*
  * Whether updated_at is not newer than the state last applied to the
- * order: 1 stale, 0 newer (or nothing applied yet, or unknown), -1 on a
- * database error.
+ * order: 1 older, 2 the very state applied last, 0 newer (or nothing
+ * applied yet, or unknown), -1 on a database error.
  */
 int
 sbw_sync_is_stale(sbw_ledger_t *l, int64_t order_id, const char *updated_at)
@@ -408,14 +408,16 @@ sbw_sync_is_stale(sbw_ledger_t *l, int64_t order_id, const char *updated_at)
     params[1] = updated_at;
 
     if (sbw_sync_exec(l,
-            "SELECT $2::timestamptz <= last_updated_at FROM bc_order_sync"
-            " WHERE shopify_order_id = $1::bigint",
+            "SELECT CASE WHEN $2::timestamptz < last_updated_at THEN 1"
+            " WHEN $2::timestamptz = last_updated_at THEN 2 ELSE 0 END"
+            " FROM bc_order_sync WHERE shopify_order_id = $1::bigint",
             2, params, &res) != 0)
     {
         return -1;
     }
 
-    stale = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    stale = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)
+            ? atoi(PQgetvalue(res, 0, 0)) : 0;
     PQclear(res);
 
     return stale;
@@ -993,6 +995,20 @@ sbw_sync_created(sbw_sync_t *s, int64_t order_id, const sbw_sync_row_t *row,
 
     if (stale < 0) {
         r->action = SBW_SYNC_PGFAIL;
+        return;
+    }
+
+    if (stale == 2 && row->found
+        && strcmp(row->totals_state, "pending") == 0
+        && strcmp(row->sync_state, "open") == 0
+        && strcmp(topic, SBW_TOPIC_ORDERS_UPDATED) == 0
+        && strcmp(doc_type, "salesOrder") == 0)
+    {
+        /*
+         * this very edit was applied and its totals check was cut short
+         * (BC failed, the worker died): check the totals now
+         */
+        sbw_sync_reconcile(s, order_id, bc_id, o, NULL, r);
         return;
     }
 
