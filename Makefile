@@ -1,16 +1,21 @@
 # Shopify <-> Business Central connector: top-level build.
 #
-#   make          build the nginx module and the worker
+#   make          build the nginx module and the worker (make module,
+#                 make worker: one of them)
 #   make test     install what is missing, then run every suite
+#   make unit     the worker's cmocka unit tests alone (no services)
+#   make lint     the module's layout rules (scripts/lint.sh)
 #   make valgrind the module's suites with nginx under valgrind's memcheck
 #                 (several minutes; see t/README.md)
 #   make bench    the intake bench, then the worker bench (bench/README.md)
 #   make bench-worker  the worker bench alone
+#   make bench-redis-floor  how low Redis's share of a delivery can go
 #   make soak     the chaos test's long version: 20 seeded runs of
 #                 t/160-chaos.t (CHAOS_RUNS, SEED; about 8 minutes)
 #   make demo     install what is missing, bring the stack up, deliver the
 #                 fixture orders and show the BC sales orders they became
 #   make up/down  start/stop the local stack in the background
+#   make clean    remove the build directories
 
 BUILD      ?= build
 MODULE_SO  := $(BUILD)/nginx/ngx_http_shopify_module.so

@@ -28,7 +28,7 @@ typedef struct {
     ngx_atomic_t   latency[NGX_HTTP_SHOPIFY_NBUCKETS + 1];
     ngx_atomic_t   latency_usec;
     ngx_atomic_t   reconnects;
-    ngx_atomic_t   redis_up[NGX_HTTP_SHOPIFY_MAX_WORKERS];
+    ngx_atomic_t   redis_up[NGX_HTTP_SHOPIFY_MAX_WORKERS];    /* pids */
     ngx_atomic_t   start_time;
 } ngx_http_shopify_metrics_t;
 
@@ -149,9 +149,17 @@ ngx_http_shopify_metrics_latency(ngx_int_t usec)
 }
 
 
+/*
+ * A worker's slot holds its pid while its connection is up.  Across a
+ * reload a retiring worker and its successor share a slot, in either
+ * order: only the pid that is in the slot may clear it, and a new worker
+ * takes its slot over as it starts (ngx_http_shopify_metrics_worker()).
+ */
+
 void
 ngx_http_shopify_metrics_redis(ngx_uint_t up, ngx_uint_t reconnect)
 {
+    ngx_atomic_t                *slot;
     ngx_http_shopify_metrics_t  *m;
 
     m = ngx_http_shopify_metrics;
@@ -161,11 +169,31 @@ ngx_http_shopify_metrics_redis(ngx_uint_t up, ngx_uint_t reconnect)
     }
 
     if (ngx_worker < NGX_HTTP_SHOPIFY_MAX_WORKERS) {
-        m->redis_up[ngx_worker] = up;
+        slot = &m->redis_up[ngx_worker];
+
+        if (!up) {
+            (void) ngx_atomic_cmp_set(slot, (ngx_atomic_uint_t) ngx_pid, 0);
+
+        } else if (!ngx_exiting && !ngx_quit) {
+            *slot = (ngx_atomic_uint_t) ngx_pid;
+        }
     }
 
     if (reconnect) {
         (void) ngx_atomic_fetch_add(&m->reconnects, 1);
+    }
+}
+
+
+/* a worker starts with its slot down, whatever a predecessor left there */
+
+void
+ngx_http_shopify_metrics_worker(void)
+{
+    if (ngx_http_shopify_metrics != NULL
+        && ngx_worker < NGX_HTTP_SHOPIFY_MAX_WORKERS)
+    {
+        ngx_http_shopify_metrics->redis_up[ngx_worker] = 0;
     }
 }
 
@@ -244,7 +272,7 @@ ngx_http_shopify_metrics_render(ngx_http_request_t *r, ngx_str_t *out)
     up = 0;
 
     for (i = 0; i < NGX_HTTP_SHOPIFY_MAX_WORKERS; i++) {
-        up += m->redis_up[i];
+        up += (m->redis_up[i] != 0);
     }
 
     p = ngx_sprintf(p,

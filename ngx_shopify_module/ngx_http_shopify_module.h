@@ -145,6 +145,7 @@ void ngx_http_shopify_metrics_count(ngx_uint_t topic,
     ngx_http_shopify_outcome_e outcome);
 void ngx_http_shopify_metrics_latency(ngx_int_t usec);
 void ngx_http_shopify_metrics_redis(ngx_uint_t up, ngx_uint_t reconnect);
+void ngx_http_shopify_metrics_worker(void);
 ngx_int_t ngx_http_shopify_metrics_render(ngx_http_request_t *r,
     ngx_str_t *out);
 

@@ -133,6 +133,8 @@ ngx_http_shopify_redis_init_process(ngx_cycle_t *cycle)
 
     ngx_memzero(rs, sizeof(ngx_http_shopify_redis_t));
 
+    ngx_http_shopify_metrics_worker();
+
     rs->log = cycle->log;
     rs->smcf = smcf;
     rs->state = NGX_HTTP_SHOPIFY_REDIS_DOWN;

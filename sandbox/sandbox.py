@@ -2637,6 +2637,14 @@ def cmd_send(args):
                 if ok or attempts > args.retries:
                     break
                 delay = delays[min(attempts - 1, len(delays) - 1)] if delays else 0
+                # Shopify's own schedule waits hours in all: say so now
+                print("send: %s webhook_id=%s attempt %d: status=%s%s; "
+                      "attempt %d in %g s" % (
+                          os.path.basename(path),
+                          headers.get("X-Shopify-Webhook-Id", "-"), attempts,
+                          final, " answer=%s" % word if word else "",
+                          attempts + 1, delay),
+                      file=sys.stderr, flush=True)
                 time.sleep(delay)
             print("%s webhook_id=%s status=%s%s attempts=%d%s" % (
                 os.path.basename(path), headers.get("X-Shopify-Webhook-Id", "-"), final,

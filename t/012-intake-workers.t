@@ -54,3 +54,57 @@ select undef, undef, undef, 0.3;
        (?=.*^shopify_redis_connected_workers\ 2$)/msx]
 --- no_error_log
 [error]
+
+
+
+=== TEST 2: after a reload the gauge counts the new workers' connections
+A retiring worker held past the reload by a half-sent delivery leaves
+only once both new workers are connected: its exit must not take a new
+worker's place in shopify_redis_connected_workers.
+--- http_config
+shopify_redis 127.0.0.1:$TEST_NGINX_REDIS_PORT;
+--- config
+location = /webhooks/shopify {
+    shopify_webhook;
+    shopify_webhook_secret fixture-webhook-secret-not-a-real-key;
+    shopify_webhook_stream t:012:webhooks;
+}
+location = /metrics {
+    shopify_status;
+}
+--- init
+use IO::Socket::INET;
+my $count = sub {
+    my ($re) = @_;
+    my $n = () = Test::Nginx::Util::block_log_tail(1_000_000) =~ /$re/g;
+    return $n;
+};
+my $wait = sub {
+    my ($what, $cond) = @_;
+    for (1 .. 600) {
+        return if $cond->();
+        select undef, undef, undef, 0.05;
+    }
+    die "timed out waiting for $what";
+};
+$wait->('both workers on redis',
+        sub { $count->(qr/connected to redis/) >= 2 });
+my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                              PeerPort => Test::Nginx::Util::server_port())
+    or die "connect: $!";
+print {$s} "POST /webhooks/shopify HTTP/1.1\r\nHost: localhost\r\n"
+           . "Content-Length: 10\r\n\r\nabc";
+select undef, undef, undef, 0.3;
+kill 'HUP', Test::Nginx::Util::nginx_pid() or die "cannot signal nginx";
+$wait->('the new workers on redis',
+        sub { $count->(qr/connected to redis/) >= 4 });
+close $s;
+$wait->('the old workers gone',
+        sub { $count->(qr/worker process \d+ exited/) >= 2 });
+--- request
+GET /metrics
+--- error_code: 200
+--- response_body_like eval
+qr/^shopify_redis_connected_workers 2$/m
+--- no_error_log
+[error]

@@ -897,10 +897,17 @@ subtest 'send: retries and duplicates keep the webhook id' => sub {
     my ($rc, $out) = run_cmd($PY, $SANDBOX, 'send', '--url', "$BASE/_sandbox/echo", '--secret', $WEBHOOK_KEY,
                              '--retries', '3', '--retry-delays', '0.05', '--duplicates', '1', $BASIC);
     is($rc, 0, 'exit 0');
-    my @lines = split /\n/, $out;
+    my @notes = grep { /^send: / } split /\n/, $out;
+    my @lines = grep { !/^send: / } split /\n/, $out;
     is(scalar @lines, 2, 'two deliveries reported');
     like($lines[0], qr/status=200(?: answer=\S+)? attempts=3$/, 'first delivery: two failures then 200');
     like($lines[1], qr/status=200(?: answer=\S+)? attempts=1 duplicate=1$/, 'duplicate delivered once');
+    # each failed attempt is told as it happens, not only once the retries
+    # (hours, on Shopify's own schedule) are over
+    is(scalar @notes, 2, 'one note per failed attempt');
+    like($notes[0], qr/^send: orders-create-basic\.json webhook_id=\S+ attempt 1: status=500; attempt 2 in 0\.05 s$/,
+         'the first failure and when the next attempt comes');
+    like($notes[1], qr/attempt 2: status=503; attempt 3 in 0\.05 s$/, 'the second failure');
     my (undef, $e) = control('GET', 'echo');
     is(scalar @{ $e->{value} }, 4, 'four requests received');
     my %ids = map { echo_headers($_)->{'x-shopify-webhook-id'} => 1 } @{ $e->{value} };

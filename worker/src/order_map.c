@@ -830,8 +830,15 @@ sbw_order_map(const sbw_map_conf_t *mc, const json_t *order,
     items = json_object_get(order, "line_items");
 
     if (!json_is_array(items) || json_array_size(items) == 0) {
-        sbw_err_append(err, errlen, "order %s has no line items",
-                       out->order_name);
+        if (out->order_name[0] != '\0') {
+            sbw_err_append(err, errlen, "order %s has no line items",
+                           out->order_name);
+
+        } else {
+            sbw_err_append(err, errlen, "order %lld has no line items",
+                           (long long) id);
+        }
+
         sbw_order_free(out);
         return SBW_MAP_INVALID;
     }

@@ -595,6 +595,13 @@ test_invalid_orders(void **state)
     json_object_set_new(order, "line_items", json_array());
     assert_int_equal(sbw_order_map(&ms->mc, order, &o, err, sizeof(err)),
                      SBW_MAP_INVALID);
+    assert_non_null(strstr(err, "order #1043 has no line items"));
+
+    /* without a name the order is named by its id */
+    json_object_del(order, "name");
+    assert_int_equal(sbw_order_map(&ms->mc, order, &o, err, sizeof(err)),
+                     SBW_MAP_INVALID);
+    assert_non_null(strstr(err, "order 6021450011001 has no line items"));
     json_decref(order);
 }
 
