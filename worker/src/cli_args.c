@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "cli_args.h"
+#include "shopify_conf.h"
 
 
 static int sbw_cli_number(const char *s, long long *out);
@@ -141,6 +142,7 @@ sbw_cli_parse(int argc, char **argv, sbw_cli_args_t *a, char *err,
     size_t errlen)
 {
     int          i, first;
+    char         shop[256];
     long long    n;
     const char  *verb, *sub, *arg, *val;
 
@@ -422,6 +424,14 @@ sbw_cli_parse(int argc, char **argv, sbw_cli_args_t *a, char *err,
         if (a->shop != NULL && a->file == NULL) {
             snprintf(err, errlen, "--shop goes with a FILE (a dead letter "
                      "knows its shop)");
+            return SBW_CLI_USAGE;
+        }
+
+        if (a->shop != NULL
+            && sbw_shop_domain_normalize(a->shop, shop, sizeof(shop)) != 0)
+        {
+            snprintf(err, errlen, "--shop must be a shop domain "
+                     "(<name>.myshopify.com)");
             return SBW_CLI_USAGE;
         }
 

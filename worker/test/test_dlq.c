@@ -243,6 +243,11 @@ test_cli_args(void **state)
     assert_string_equal(a.shop, "a.myshopify.com");
     assert_int_equal(parse(&a, "dry-run --dlq 3 --shop a.myshopify.com"),
                      SBW_CLI_USAGE);
+    assert_int_equal(parse(&a, "dry-run order.json --shop evil"),
+                     SBW_CLI_USAGE);
+    assert_int_equal(parse(&a, "dry-run order.json --shop "
+                               "evil.example#.myshopify.com"),
+                     SBW_CLI_USAGE);
     assert_int_equal(parse(&a, "dry-run"), SBW_CLI_USAGE);
     assert_int_equal(parse(&a, "dry-run a.json --dlq 3"), SBW_CLI_USAGE);
     assert_int_equal(parse(&a, "dry-run a.json b.json"), SBW_CLI_USAGE);
