@@ -44,16 +44,16 @@ LABEL = {
 }
 
 
-def env_num(name, default, cast=float, lo=None, hi=None):
+def env_num(name, default, cast=float, lo=None, hi=None, prog="bench"):
     raw = os.environ.get(name, "")
     if raw == "":
         return default
     try:
         v = cast(raw)
     except ValueError:
-        sys.exit(f"bench: {name}={raw!r} is not a number")
+        sys.exit(f"{prog}: {name}={raw!r} is not a number")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        sys.exit(f"bench: {name}={raw} is out of range [{lo}, {hi}]")
+        sys.exit(f"{prog}: {name}={raw} is out of range [{lo}, {hi}]")
     return v
 
 

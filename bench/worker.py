@@ -26,6 +26,9 @@ import urllib.request
 import uuid
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(TOP, "bench"))
+
+import intake  # noqa: E402  (the intake bench's settings and port helpers)
 WORKER = os.environ.get("BENCH_WORKER_BIN") or os.path.join(
     TOP, "worker", "build", "shopify-bc-worker")
 SANDBOX = os.path.join(TOP, "sandbox", "sandbox.py")
@@ -52,16 +55,7 @@ def log(msg):
 
 
 def env_num(name, default, cast=float, lo=None, hi=None):
-    raw = os.environ.get(name, "")
-    if raw == "":
-        return default
-    try:
-        v = cast(raw)
-    except ValueError:
-        sys.exit(f"bench-worker: {name}={raw!r} is not a number")
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        sys.exit(f"bench-worker: {name}={raw} is out of range [{lo}, {hi}]")
-    return v
+    return intake.env_num(name, default, cast, lo, hi, prog="bench-worker")
 
 
 def settings():
@@ -99,12 +93,6 @@ def settings():
     s["results_dir"] = os.environ.get("BENCH_RESULTS_DIR",
                                       os.path.join(TOP, "bench", "results"))
     return s
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what, seconds, fn, interval=0.1):
@@ -348,7 +336,7 @@ class Run:
         self.procs = []
 
     def start_redis(self):
-        self.redis_port = free_port()
+        self.redis_port = intake.free_port()
         self.spawn("redis", [
             "redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
             "--dir", self.dir, "--appendonly", "yes", "--appendfsync", "always",
@@ -358,7 +346,7 @@ class Run:
 
     def start_sandbox(self):
         s = self.s
-        self.sb_port = free_port()
+        self.sb_port = intake.free_port()
         self.sb_url = f"http://127.0.0.1:{self.sb_port}"
         self.spawn("sandbox", [
             sys.executable, SANDBOX, "serve", "--host", "127.0.0.1",
@@ -378,7 +366,7 @@ class Run:
 
     def worker_env(self):
         s = self.s
-        self.metrics_port = free_port()
+        self.metrics_port = intake.free_port()
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("BC365_", "SHOPIFY_", "WORKER_", "STREAM_"))}
         env.update({

@@ -165,6 +165,8 @@ static char *ngx_http_shopify_oauth_set_secret(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_shopify_oauth_set_client_secret(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_shopify_oauth_keep_secret(ngx_conf_t *cf,
+    ngx_str_t *value, ngx_str_t *out);
 static char *ngx_http_shopify_oauth_set_key(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_shopify_oauth_set_scopes(ngx_conf_t *cf,
@@ -2836,7 +2838,7 @@ static char *
 ngx_http_shopify_oauth_set_secret(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
 {
-    ngx_str_t  *field, *value, secret;
+    ngx_str_t  *field, *value;
 
     field = (ngx_str_t *) ((char *) conf + cmd->offset);
 
@@ -2846,23 +2848,7 @@ ngx_http_shopify_oauth_set_secret(ngx_conf_t *cf, ngx_command_t *cmd,
 
     value = cf->args->elts;
 
-    if (ngx_http_shopify_load_secret(cf, &value[1], &secret) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    field->data = ngx_pnalloc(cf->pool, secret.len);
-    if (field->data == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_memcpy(field->data, secret.data, secret.len);
-    field->len = secret.len;
-
-    if (secret.data != value[1].data) {
-        OPENSSL_cleanse(secret.data, secret.len);
-    }
-
-    return NGX_CONF_OK;
+    return ngx_http_shopify_oauth_keep_secret(cf, &value[1], field);
 }
 
 
@@ -2878,7 +2864,7 @@ ngx_http_shopify_oauth_set_client_secret(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_shopify_oauth_loc_conf_t *olcf = conf;
 
-    ngx_str_t  *value, secret, *s;
+    ngx_str_t  *value, *s;
 
     if (olcf->client_secrets == NGX_CONF_UNSET_PTR) {
         olcf->client_secrets = ngx_array_create(cf->pool, 2,
@@ -2894,24 +2880,40 @@ ngx_http_shopify_oauth_set_client_secret(ngx_conf_t *cf, ngx_command_t *cmd,
 
     value = cf->args->elts;
 
-    if (ngx_http_shopify_load_secret(cf, &value[1], &secret) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
     s = ngx_array_push(olcf->client_secrets);
     if (s == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    s->data = ngx_pnalloc(cf->pool, secret.len);
-    if (s->data == NULL) {
+    return ngx_http_shopify_oauth_keep_secret(cf, &value[1], s);
+}
+
+
+/*
+ * Loads a secret as shopify_webhook_secret does and keeps a copy in the
+ * configuration's pool; a copy read from a file or the environment is
+ * wiped once kept.
+ */
+
+static char *
+ngx_http_shopify_oauth_keep_secret(ngx_conf_t *cf, ngx_str_t *value,
+    ngx_str_t *out)
+{
+    ngx_str_t  secret;
+
+    if (ngx_http_shopify_load_secret(cf, value, &secret) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
-    ngx_memcpy(s->data, secret.data, secret.len);
-    s->len = secret.len;
+    out->data = ngx_pnalloc(cf->pool, secret.len);
+    if (out->data == NULL) {
+        return NGX_CONF_ERROR;
+    }
 
-    if (secret.data != value[1].data) {
+    ngx_memcpy(out->data, secret.data, secret.len);
+    out->len = secret.len;
+
+    if (secret.data != value->data) {
         OPENSSL_cleanse(secret.data, secret.len);
     }
 
