@@ -347,6 +347,9 @@ is_deeply [map { $_->{payload}{id} } grep { $_->{topic} eq 'orders/create' }
            @{ $export->{stream_entries} }], [6021450011001],
     'data_request: the stream entry of the order, with its payload';
 is scalar @{ $export->{dead_letters} }, 1, 'data_request: the dead letter';
+is_deeply [map { "$_->{shopify_order_id} $_->{totals_state}" } @{ $export->{order_sync} || [] }],
+    ['6021450011001 matched'],
+    'data_request: the order sync row (totals, states, conflict text)';
 is audit($A, 'customers_data_request')->[0], 1, 'data_request: audit row';
 
 # customers/redact for the unicode order's customer

@@ -669,9 +669,9 @@ sbw_privacy_data_request(PGconn *conn, redisContext *redis,
     const sbw_config_t *conf, const char *shop, const sbw_entry_t *e,
     json_t *body, char *err, size_t errlen)
 {
-    int                     rc;
-    char                   *ids, *text, cid[32], drid[32];
-    json_t                 *export, *ledger, *entries, *dl;
+    int                     rc, has;
+    char                   *ids, *text, cid[32], drid[32], col[64];
+    json_t                 *export, *ledger, *sync, *entries, *dl;
     PGresult               *res;
     long long               nstream, ndl;
     json_int_t              dr;
@@ -727,6 +727,33 @@ sbw_privacy_data_request(PGconn *conn, redisContext *redis,
     ledger = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
     PQclear(res);
 
+    /* the order sync rows, when that table exists: totals, states, text */
+    sync = NULL;
+    has = sbw_privacy_column(conn, "bc_order_sync", sbw_sync_columns, col,
+                             sizeof(col), err, errlen);
+
+    if (has < 0) {
+        json_decref(ledger);
+        goto done;
+    }
+
+    if (has > 0 && sbw_shops_exec(conn,
+            "SELECT coalesce(json_agg(to_jsonb(s)"
+            "  ORDER BY s.shopify_order_id), '[]')"
+            " FROM bc_order_sync s JOIN bc_order_ledger l"
+            "  USING (shopify_order_id)"
+            " WHERE l.shop = $1 AND l.shopify_order_id = ANY($2::bigint[])",
+            2, params, 1, &res, err, errlen) != 0)
+    {
+        json_decref(ledger);
+        goto done;
+    }
+
+    if (has > 0) {
+        sync = json_loads(PQgetvalue(res, 0, 0), 0, NULL);
+        PQclear(res);
+    }
+
     /* 2. dead letters, 3. stream entries */
     if (sbw_privacy_dead_letters(conn, shop, &who, 0, &dl, &ndl, err,
                                  errlen) != 0
@@ -739,15 +766,17 @@ sbw_privacy_data_request(PGconn *conn, redisContext *redis,
         }
 
         json_decref(ledger);
+        json_decref(sync);
         goto done;
     }
 
-    export = json_pack("{s:s,s:I,s:s?,s:s?,s:I,s:o,s:o,s:o,s:O}",
+    export = json_pack("{s:s,s:I,s:s?,s:s?,s:I,s:o,s:o,s:o,s:o,s:O}",
                        "shop", shop,
                        "customer_id", (json_int_t) who.customer_id,
                        "email", who.email, "phone", who.phone,
                        "data_request_id", dr,
                        "ledger", ledger ? ledger : json_array(),
+                       "order_sync", sync ? sync : json_array(),
                        "dead_letters", dl ? dl : json_array(),
                        "stream_entries", entries,
                        "orders_requested", json_object_get(body,
