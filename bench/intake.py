@@ -250,13 +250,21 @@ class Redis:
         self.rf.close()
         self.sock.close()
 
-    def cmd(self, *args):
+    @staticmethod
+    def encode(args):
         parts = [b"*%d\r\n" % len(args)]
         for a in args:
             a = a if isinstance(a, bytes) else str(a).encode()
             parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        self.sock.sendall(b"".join(parts))
+        return b"".join(parts)
+
+    def cmd(self, *args):
+        self.sock.sendall(self.encode(args))
         return self._reply()
+
+    def pipeline(self, cmds):
+        self.sock.sendall(b"".join(self.encode(c) for c in cmds))
+        return [self._reply() for _ in cmds]
 
     def _reply(self):
         line = self.rf.readline()

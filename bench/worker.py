@@ -17,7 +17,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -124,57 +123,6 @@ def parse_iso(s):
 
 
 # --------------------------------------------------------------------------
-
-class RedisError(Exception):
-    pass
-
-
-class Redis:
-    """RESP2, with pipelining for the enqueue."""
-
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-        self.rf = self.sock.makefile("rb")
-
-    def close(self):
-        self.rf.close()
-        self.sock.close()
-
-    @staticmethod
-    def encode(args):
-        parts = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        return b"".join(parts)
-
-    def cmd(self, *args):
-        self.sock.sendall(self.encode(args))
-        return self.reply()
-
-    def pipeline(self, cmds):
-        self.sock.sendall(b"".join(self.encode(c) for c in cmds))
-        return [self.reply() for _ in cmds]
-
-    def reply(self):
-        line = self.rf.readline()
-        if not line:
-            raise RedisError("connection closed")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RedisError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            return None if n < 0 else self.rf.read(n + 2)[:-2]
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self.reply() for _ in range(n)]
-        raise RedisError(f"unexpected reply {line!r}")
-
 
 def psql(sql, db="postgres"):
     out = subprocess.run(["psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", db,
@@ -341,7 +289,7 @@ class Run:
             "redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
             "--dir", self.dir, "--appendonly", "yes", "--appendfsync", "always",
             "--save", "", "--maxmemory-policy", "noeviction"])
-        self.redis = wait_for("redis", 15, lambda: Redis(self.redis_port))
+        self.redis = wait_for("redis", 15, lambda: intake.Redis(self.redis_port))
         wait_for("redis ping", 15, lambda: self.redis.cmd("PING") == "PONG")
 
     def start_sandbox(self):

@@ -106,7 +106,6 @@ static ngx_int_t ngx_http_shopify_oauth_store(ngx_http_request_t *r,
 static ngx_int_t ngx_http_shopify_oauth_answer(ngx_http_request_t *r,
     ngx_http_shopify_oauth_ctx_t *ctx, ngx_uint_t *status,
     const char **reason);
-static void *ngx_http_shopify_oauth_json_malloc(size_t size);
 static void ngx_http_shopify_oauth_json_free(void *p);
 static ngx_int_t ngx_http_shopify_oauth_entry(ngx_http_request_t *r,
     ngx_http_shopify_oauth_ctx_t *ctx, json_t *answer, json_t *granted);
@@ -1053,8 +1052,7 @@ ngx_http_shopify_oauth_store(ngx_http_request_t *r,
      */
 
     json_get_alloc_funcs(&saved_malloc, &saved_free);
-    json_set_alloc_funcs(ngx_http_shopify_oauth_json_malloc,
-                         ngx_http_shopify_oauth_json_free);
+    json_set_alloc_funcs(malloc, ngx_http_shopify_oauth_json_free);
 
     rc = ngx_http_shopify_oauth_answer(r, ctx, &status, &reason);
 
@@ -1178,14 +1176,7 @@ ngx_http_shopify_oauth_answer(ngx_http_request_t *r,
 }
 
 
-/* plain malloc(), and a free() that wipes the whole block first */
-
-static void *
-ngx_http_shopify_oauth_json_malloc(size_t size)
-{
-    return malloc(size);
-}
-
+/* jansson's free() while it holds the answer: the block is wiped first */
 
 static void
 ngx_http_shopify_oauth_json_free(void *p)

@@ -790,7 +790,7 @@ sbw_bc_limit_wait(sbw_bc_shared_t *sh, int take)
 
     window = (double) sh->conf->rate_window_ms / 1000.0;
     held = NULL;
-    start = sbw_now();
+    start = 0;
 
     pthread_mutex_lock(&sh->mutex);
 
@@ -815,6 +815,7 @@ sbw_bc_limit_wait(sbw_bc_shared_t *sh, int take)
 
             if (held == NULL) {
                 held = "retry_after";
+                start = now;
                 sbw_metrics_limiter_wait(held);
             }
 
@@ -822,6 +823,7 @@ sbw_bc_limit_wait(sbw_bc_shared_t *sh, int take)
             /* wait for a release (or 100 ms) */
             if (held == NULL) {
                 held = "concurrency";
+                start = now;
                 sbw_metrics_limiter_wait(held);
             }
 
@@ -834,6 +836,7 @@ sbw_bc_limit_wait(sbw_bc_shared_t *sh, int take)
 
             if (held == NULL) {
                 held = "rate";
+                start = now;
                 sbw_metrics_limiter_wait(held);
             }
 

@@ -91,6 +91,8 @@ static int sbw_sync_get_order(sbw_sync_t *s, const char *bc_id,
 static void sbw_sync_reconcile(sbw_sync_t *s, int64_t order_id,
     const char *bc_id, const sbw_bc_order_t *o, const json_t *answer,
     sbw_sync_result_t *r);
+static int sbw_sync_same_key(const sbw_bc_result_t *res,
+    sbw_bc_class_e cls);
 static void sbw_sync_update(sbw_sync_t *s, int64_t order_id,
     const sbw_bc_order_t *o, const char *bc_id, json_t *bc_order,
     const char *topic, sbw_sync_result_t *r);
@@ -861,10 +863,7 @@ sbw_sync_reconcile(sbw_sync_t *s, int64_t order_id, const char *bc_id,
                              &r->res);
         free(body);
 
-        if (cls == SBW_BC_PERMANENT && r->res.status == 409
-            && strcmp(r->res.error_code, "Internal_EntityWithSameKeyExists")
-               == 0)
-        {
+        if (sbw_sync_same_key(&r->res, cls)) {
             /* an earlier try's line got there after all: read again */
             sbw_bc_result_clear(&r->res);
             continue;

@@ -53,6 +53,9 @@ static int sbw_privacy_floor(redisContext *c, const sbw_config_t *conf,
 static int sbw_privacy_column(PGconn *conn, const char *table,
     const char *const *names, char *out, size_t outlen, char *err,
     size_t errlen);
+static long long sbw_privacy_affected_in(PGconn *conn, const char *table,
+    const char *const *columns, const char *sql, int n,
+    const char *const *params, char *err, size_t errlen);
 static long long sbw_privacy_affected(PGconn *conn, const char *sql,
     int n, const char *const *params, char *err, size_t errlen);
 static int sbw_privacy_data_request(PGconn *conn, redisContext *redis,
@@ -527,6 +530,30 @@ sbw_privacy_affected(PGconn *conn, const char *sql, int n,
 
 
 /*
+ * sbw_privacy_affected() on a table of another component: 0 without
+ * running anything when the table (with one of its columns) is not
+ * there, -1 on an error.
+ */
+static long long
+sbw_privacy_affected_in(PGconn *conn, const char *table,
+    const char *const *columns, const char *sql, int n,
+    const char *const *params, char *err, size_t errlen)
+{
+    int   has;
+    char  col[64];
+
+    has = sbw_privacy_column(conn, table, columns, col, sizeof(col), err,
+                             errlen);
+
+    if (has <= 0) {
+        return has;
+    }
+
+    return sbw_privacy_affected(conn, sql, n, params, err, errlen);
+}
+
+
+/*
  * Rows of the dead_letters table (another component's, when it exists)
  * that hold the subject's data: listed (rows) or deleted (del).  The
  * table's columns are looked up, not assumed: a shop column, a body or
@@ -912,41 +939,27 @@ sbw_privacy_customer_redact(PGconn *conn, redisContext *redis,
     }
 
     /* the ledger rows the version 2 migration archived */
-    has = sbw_privacy_column(conn, "bc_order_ledger_v1_duplicates",
-                             sbw_archive_columns, col, sizeof(col), err,
-                             errlen);
-
-    if (has < 0
-        || (has > 0
-            && sbw_shops_exec(conn,
-                   "UPDATE bc_order_ledger_v1_duplicates"
-                   " SET error_message = NULL WHERE shop = $1"
-                   "   AND shopify_order_id = ANY($2::bigint[])",
-                   2, params, 0, NULL, err, errlen) != 0))
+    if (sbw_privacy_affected_in(conn, "bc_order_ledger_v1_duplicates",
+            sbw_archive_columns,
+            "WITH u AS (UPDATE bc_order_ledger_v1_duplicates"
+            " SET error_message = NULL WHERE shop = $1"
+            "   AND shopify_order_id = ANY($2::bigint[]) RETURNING 1)"
+            " SELECT count(*) FROM u", 2, params, err, errlen) < 0)
     {
         goto done;
     }
 
     /* the order sync state: a conflict's reason may quote BC */
-    has = sbw_privacy_column(conn, "bc_order_sync", sbw_sync_columns, col,
-                             sizeof(col), err, errlen);
+    nsync = sbw_privacy_affected_in(conn, "bc_order_sync", sbw_sync_columns,
+        "WITH u AS (UPDATE bc_order_sync SET conflict_message = NULL"
+        " WHERE shopify_order_id = ANY($2::bigint[])"
+        "   AND conflict_message IS NOT NULL"
+        "   AND shopify_order_id IN (SELECT shopify_order_id"
+        "     FROM bc_order_ledger WHERE shop = $1) RETURNING 1)"
+        " SELECT count(*) FROM u", 2, params, err, errlen);
 
-    if (has < 0) {
+    if (nsync < 0) {
         goto done;
-    }
-
-    if (has > 0) {
-        nsync = sbw_privacy_affected(conn,
-            "WITH u AS (UPDATE bc_order_sync SET conflict_message = NULL"
-            " WHERE shopify_order_id = ANY($2::bigint[])"
-            "   AND conflict_message IS NOT NULL"
-            "   AND shopify_order_id IN (SELECT shopify_order_id"
-            "     FROM bc_order_ledger WHERE shop = $1) RETURNING 1)"
-            " SELECT count(*) FROM u", 2, params, err, errlen);
-
-        if (nsync < 0) {
-            goto done;
-        }
     }
 
     /* 2. earlier exports for this customer */
@@ -1029,8 +1042,7 @@ sbw_privacy_shop_redact(PGconn *conn, redisContext *redis,
     const sbw_config_t *conf, const char *shop, const sbw_entry_t *e,
     char *err, size_t errlen)
 {
-    int                     has;
-    char                    floor[64], col[64];
+    char                    floor[64];
     long long               nledger, nreq, nshop, ndl, nstream, nkept;
     long long               nsync, ndup, narch;
     const char             *params[1];
@@ -1040,9 +1052,6 @@ sbw_privacy_shop_redact(PGconn *conn, redisContext *redis,
     who.whole_shop = 1;
     nstream = 0;
     nkept = 0;
-    nsync = 0;
-    ndup = 0;
-    narch = 0;
     params[0] = shop;
 
     /*
@@ -1050,39 +1059,28 @@ sbw_privacy_shop_redact(PGconn *conn, redisContext *redis,
      * which orders are the shop's: a retry after a failure finds them
      */
 
-    has = sbw_privacy_column(conn, "bc_order_sync", sbw_sync_columns, col,
-                             sizeof(col), err, errlen);
-    if (has > 0) {
-        nsync = sbw_privacy_affected(conn,
-            "WITH d AS (DELETE FROM bc_order_sync WHERE shopify_order_id IN"
-            " (SELECT shopify_order_id FROM bc_order_ledger WHERE shop = $1)"
-            " RETURNING 1) SELECT count(*) FROM d", 1, params, err, errlen);
-    }
+    nsync = sbw_privacy_affected_in(conn, "bc_order_sync", sbw_sync_columns,
+        "WITH d AS (DELETE FROM bc_order_sync WHERE shopify_order_id IN"
+        " (SELECT shopify_order_id FROM bc_order_ledger WHERE shop = $1)"
+        " RETURNING 1) SELECT count(*) FROM d", 1, params, err, errlen);
 
-    has = (has < 0 || nsync < 0) ? -1
-          : sbw_privacy_column(conn, "bc_duplicate_checks",
-                               sbw_dupcheck_columns, col, sizeof(col), err,
-                               errlen);
-    if (has > 0) {
-        ndup = sbw_privacy_affected(conn,
-            "WITH d AS (DELETE FROM bc_duplicate_checks WHERE"
-            " shopify_order_id IN (SELECT shopify_order_id"
-            "   FROM bc_order_ledger WHERE shop = $1)"
-            " RETURNING 1) SELECT count(*) FROM d", 1, params, err, errlen);
-    }
+    ndup = nsync < 0 ? -1
+           : sbw_privacy_affected_in(conn, "bc_duplicate_checks",
+                 sbw_dupcheck_columns,
+                 "WITH d AS (DELETE FROM bc_duplicate_checks WHERE"
+                 " shopify_order_id IN (SELECT shopify_order_id"
+                 "   FROM bc_order_ledger WHERE shop = $1)"
+                 " RETURNING 1) SELECT count(*) FROM d",
+                 1, params, err, errlen);
 
-    has = (has < 0 || ndup < 0) ? -1
-          : sbw_privacy_column(conn, "bc_order_ledger_v1_duplicates",
-                               sbw_archive_columns, col, sizeof(col), err,
-                               errlen);
-    if (has > 0) {
-        narch = sbw_privacy_affected(conn,
-            "WITH d AS (DELETE FROM bc_order_ledger_v1_duplicates"
-            " WHERE shop = $1 RETURNING 1) SELECT count(*) FROM d",
-            1, params, err, errlen);
-    }
+    narch = ndup < 0 ? -1
+            : sbw_privacy_affected_in(conn, "bc_order_ledger_v1_duplicates",
+                  sbw_archive_columns,
+                  "WITH d AS (DELETE FROM bc_order_ledger_v1_duplicates"
+                  " WHERE shop = $1 RETURNING 1) SELECT count(*) FROM d",
+                  1, params, err, errlen);
 
-    if (has < 0 || narch < 0) {
+    if (narch < 0) {
         return SBW_PRIVACY_RETRY;
     }
 
